@@ -1,0 +1,20 @@
+/* testutil.h - helpers shared by the cmocka tests (run from the project root). */
+#ifndef QS_TESTUTIL_H
+#define QS_TESTUTIL_H
+
+#include <stddef.h>
+
+/* Path of a file under the shared read-only data: $QSCOPE_SHARED or ../shared.
+ * Returns a static buffer (one per call site is fine: copy it if you keep two). */
+const char *tu_shared(const char *rel);
+/* A fresh temporary directory for this test process (removed at exit). */
+const char *tu_tmpdir(void);
+/* Read a whole file; *len gets its size. Returns malloc'd buffer + NUL, or NULL. */
+char *tu_read_file(const char *path, size_t *len);
+/* Write a whole file; returns 0 on success. */
+int tu_write_file(const char *path, const void *data, size_t len);
+/* Nonzero when running under the sanitizer build (QSCOPE_ASAN=1): long tests
+ * shrink their workload. */
+int tu_asan(void);
+
+#endif
