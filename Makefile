@@ -10,9 +10,10 @@ PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)
 
 WARN    := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wvla
-CFLAGS  ?= -O2 -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp $(PKG_CFLAGS) $(EXTRA_CFLAGS)
-LDFLAGS += -fopenmp $(EXTRA_LDFLAGS)
+OPT     ?= -O2 -g
+# CFLAGS/LDFLAGS from the command line are appended, never replace ours.
+ALL_CFLAGS  = $(OPT) -std=c11 -D_GNU_SOURCE $(WARN) -fopenmp $(PKG_CFLAGS) $(EXTRA_CFLAGS) $(CFLAGS)
+ALL_LDFLAGS = -fopenmp $(EXTRA_LDFLAGS) $(LDFLAGS)
 LDLIBS  += $(PKG_LIBS) -lm
 
 KERNEL_SRC := $(wildcard kernels/*.c)
@@ -37,21 +38,22 @@ qscope: $(BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -MMD -MP -c $< -o $@
 
 $(LIB): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
 $(BIN): $(TUI_OBJ) $(LIB)
-	$(CC) $(LDFLAGS) -o $@ $(TUI_OBJ) $(LIB) $(LDLIBS)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(TUI_OBJ) $(LIB) $(LDLIBS)
 
 $(BUILD)/tests/%: tests/%.c $(HELP_OBJ) $(LIB) $(BIN)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -o $@ $< $(HELP_OBJ) $(LIB) $(LDFLAGS) $(LDLIBS) $(CMOCKA_LIBS)
+	$(CC) $(ALL_CFLAGS) -MMD -MP -o $@ $< $(HELP_OBJ) $(LIB) $(ALL_LDFLAGS) $(LDLIBS) $(CMOCKA_LIBS)
 
 # The suite: every tests/test_*.c, run from the project root.
-test: all $(TEST_BIN)
+export QSCOPE_ASAN
+test: $(BIN) $(TEST_BIN)
 	@QSCOPE_BIN=$(abspath $(BIN)) scripts/run-tests.sh $(TEST_BIN)
 
 layering:
@@ -65,7 +67,7 @@ check:
 	$(MAKE) BUILD=build-check EXTRA_CFLAGS=-Werror test
 
 asan:
-	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fno-omit-frame-pointer" \
 		EXTRA_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 		EXTRA_LDFLAGS="-fsanitize=address,undefined" QSCOPE_ASAN=1 test
 

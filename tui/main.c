@@ -1,2 +1,666 @@
+/* main.c - the qscope command line: a subcommand table that also generates
+ * --help. Machine output (--json) goes to stdout, logs and progress to stderr.
+ * Exit codes: 0 ok, 1 usage, 2 bad input or model. */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
-int main(void) { puts("qscope: under construction"); return 0; }
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../engine/eval.h"
+#include "../engine/forward.h"
+#include "../engine/model.h"
+#include "../engine/sample.h"
+#include "../kernels/types.h"
+
+#define EXIT_USAGE 1
+#define EXIT_INPUT 2
+#define DEFAULT_MODEL "models/debdoc-19m-f16.gguf"
+
+/* ------------------------------------------------------------ options */
+
+enum opt_kind { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STR };
+
+typedef struct opt {
+	const char *shrt, *lng;
+	enum opt_kind kind;
+	void *dst;
+	const char *arg, *help;
+} opt;
+
+typedef struct cmd {
+	const char *name;
+	int (*run)(int argc, char **argv);
+	const char *usage;
+	const char *summary;
+	const opt *(*opts)(void); /* for --help */
+} cmd;
+
+static void print_opts(FILE *out, const opt *o)
+{
+	for (; o && o->lng; o++) {
+		char left[64];
+		snprintf(left, sizeof(left), "%s%s%s %s", o->shrt ? o->shrt : "", o->shrt ? ", " : "",
+			 o->lng, o->arg ? o->arg : "");
+		fprintf(out, "  %-28s %s\n", left, o->help);
+	}
+}
+
+/* Parse argv[1..] against opts. Returns 0, or prints an error and returns
+ * EXIT_USAGE. */
+static int parse_opts(const char *cmdname, int argc, char **argv, const opt *opts)
+{
+	for (int i = 1; i < argc; i++) {
+		const opt *o = opts;
+		for (; o->lng; o++)
+			if ((o->shrt && strcmp(argv[i], o->shrt) == 0) || strcmp(argv[i], o->lng) == 0)
+				break;
+		if (!o->lng) {
+			fprintf(stderr, "qscope %s: unknown option '%s' (see qscope %s --help)\n",
+				cmdname, argv[i], cmdname);
+			return EXIT_USAGE;
+		}
+		if (o->kind == OPT_FLAG) {
+			*(int *)o->dst = 1;
+			continue;
+		}
+		if (i + 1 >= argc) {
+			fprintf(stderr, "qscope %s: option '%s' needs a value\n", cmdname, argv[i]);
+			return EXIT_USAGE;
+		}
+		const char *v = argv[++i];
+		char *end;
+		errno = 0;
+		if (o->kind == OPT_INT) {
+			long x = strtol(v, &end, 10);
+			if (*v == 0 || *end || errno || x < -2147483647L || x > 2147483647L) {
+				fprintf(stderr, "qscope %s: %s: '%s' is not an integer\n", cmdname, o->lng, v);
+				return EXIT_USAGE;
+			}
+			*(int *)o->dst = (int)x;
+		} else if (o->kind == OPT_FLOAT) {
+			double x = strtod(v, &end);
+			if (*v == 0 || *end || errno || !isfinite(x)) {
+				fprintf(stderr, "qscope %s: %s: '%s' is not a number\n", cmdname, o->lng, v);
+				return EXIT_USAGE;
+			}
+			*(float *)o->dst = (float)x;
+		} else {
+			*(const char **)o->dst = v;
+		}
+	}
+	return 0;
+}
+
+static int want_help(int argc, char **argv)
+{
+	for (int i = 1; i < argc; i++)
+		if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+			return 1;
+	return 0;
+}
+
+static const cmd *find_cmd(const char *name);
+
+static int cmd_help_for(const char *name)
+{
+	const cmd *c = find_cmd(name);
+	printf("usage: qscope %s\n\n%s\n\noptions:\n", c->usage, c->summary);
+	print_opts(stdout, c->opts());
+	return 0;
+}
+
+/* ------------------------------------------------------------ helpers */
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+typedef struct common {
+	const char *model, *tokenizer, *file;
+	int threads, json;
+} common;
+
+static int open_model(const common *co, model **m)
+{
+	qs_error err = { 0 };
+	model_open_opts mo = { .tokenizer_path = co->tokenizer };
+	fwd_set_threads(co->threads);
+	if (model_open(co->model ? co->model : DEFAULT_MODEL, &mo, m, &err)) {
+		fprintf(stderr, "qscope: %s\n", err.msg);
+		return EXIT_INPUT;
+	}
+	return 0;
+}
+
+static int read_text(const char *path, char **buf, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		fprintf(stderr, "qscope: %s: cannot open: %s\n", path, strerror(errno));
+		return EXIT_INPUT;
+	}
+	size_t cap = 1 << 16, n = 0;
+	char *b = malloc(cap);
+	for (;;) {
+		if (!b) {
+			fclose(f);
+			fprintf(stderr, "qscope: %s: out of memory\n", path);
+			return EXIT_INPUT;
+		}
+		n += fread(b + n, 1, cap - n, f);
+		if (n < cap)
+			break;
+		cap *= 2;
+		char *nb = realloc(b, cap);
+		if (!nb)
+			free(b);
+		b = nb;
+	}
+	int bad = ferror(f);
+	fclose(f);
+	if (bad) {
+		free(b);
+		fprintf(stderr, "qscope: %s: read error\n", path);
+		return EXIT_INPUT;
+	}
+	*buf = b;
+	*len = n;
+	return 0;
+}
+
+static int tokenize_file(const model *m, const char *path, int **ids, size_t *n)
+{
+	char *text;
+	size_t len;
+	int rc = read_text(path, &text, &len);
+	if (rc)
+		return rc;
+	qs_error err = { 0 };
+	rc = tok_encode(m->tok, text, len, 1, ids, n, &err);
+	free(text);
+	if (rc) {
+		fprintf(stderr, "qscope: %s: %s\n", path, err.msg);
+		return EXIT_INPUT;
+	}
+	return 0;
+}
+
+static int dump_json(json_t *o)
+{
+	int rc = json_dumpf(o, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
+	putchar('\n');
+	json_decref(o);
+	return rc ? EXIT_INPUT : 0;
+}
+
+/* ------------------------------------------------------------ ppl */
+
+static common ppl_co;
+static int ppl_ctx = 512, ppl_chunks = 0, ppl_batch = 0;
+
+static const opt *ppl_opts(void)
+{
+	static const opt o[] = {
+		{ "-m", "--model", OPT_STR, &ppl_co.model, "MODEL", "a .gguf, a Hugging Face folder or a llama2.c .bin (default " DEFAULT_MODEL ")" },
+		{ "-z", "--tokenizer", OPT_STR, &ppl_co.tokenizer, "FILE", "llama2.c tokenizer.bin (default: next to the model)" },
+		{ "-f", "--file", OPT_STR, &ppl_co.file, "TEXT", "text to score (required)" },
+		{ "-c", "--ctx", OPT_INT, &ppl_ctx, "N", "chunk length (default 512)" },
+		{ NULL, "--chunks", OPT_INT, &ppl_chunks, "N", "score only the first N chunks (default: all)" },
+		{ "-b", "--batch", OPT_INT, &ppl_batch, "N", "chunks per forward batch (default 8)" },
+		{ "-t", "--threads", OPT_INT, &ppl_co.threads, "N", "threads (default: all cores)" },
+		{ NULL, "--json", OPT_FLAG, &ppl_co.json, NULL, "print one JSON object on stdout" },
+		{ NULL, NULL, 0, NULL, NULL, NULL },
+	};
+	return o;
+}
+
+static int ppl_on_chunk(void *user, int chunk, int n_chunks, double running)
+{
+	FILE *out = user;
+	fprintf(out, "[%d]%.4f,", chunk + 1, running);
+	if ((chunk + 1) % 16 == 0 || chunk + 1 == n_chunks)
+		fputc('\n', out);
+	fflush(out);
+	return 0;
+}
+
+static int cmd_ppl(int argc, char **argv)
+{
+	int rc = parse_opts("ppl", argc, argv, ppl_opts());
+	if (rc)
+		return rc;
+	if (!ppl_co.file) {
+		fprintf(stderr, "qscope ppl: -f TEXT is required\n");
+		return EXIT_USAGE;
+	}
+	model *m;
+	if ((rc = open_model(&ppl_co, &m)))
+		return rc;
+	int *ids = NULL;
+	size_t n = 0;
+	if ((rc = tokenize_file(m, ppl_co.file, &ids, &n)))
+		goto out;
+	FILE *log = ppl_co.json ? stderr : stdout;
+	eval_ppl_opts o = { .ctx = ppl_ctx, .n_chunks = ppl_chunks, .batch = ppl_batch,
+			    .on_chunk = ppl_on_chunk, .user = log };
+	eval_ppl_result r;
+	qs_error err = { 0 };
+	fprintf(log, "perplexity: %s, %zu tokens, n_ctx=%d, %d threads\n", m->path, n, ppl_ctx,
+		fwd_threads());
+	if (eval_ppl(m, ids, n, &o, &r, &err)) {
+		fprintf(stderr, "qscope ppl: %s\n", err.msg);
+		rc = err.code == QS_EUSAGE ? EXIT_USAGE : EXIT_INPUT;
+		goto out;
+	}
+	if (ppl_co.json) {
+		json_t *j = json_pack("{s:f, s:f, s:I, s:I, s:i, s:i, s:f, s:f, s:f, s:s, s:s, s:i}",
+				      "ppl", r.ppl, "ppl_stderr", r.ppl_stderr,
+				      "tokens", (json_int_t)n, "scored", (json_int_t)r.scored,
+				      "chunks", r.chunks, "ctx", ppl_ctx, "seconds", r.seconds,
+				      "tokens_per_second", (double)r.tokens / r.seconds,
+				      "gflops", r.gflop / r.seconds, "model", m->path,
+				      "file", ppl_co.file, "threads", fwd_threads());
+		rc = dump_json(j);
+	} else {
+		printf("Final estimate: PPL = %.4f +/- %.5f\n", r.ppl, r.ppl_stderr);
+		printf("perplexity: %d chunks, %ld tokens in %.2f s (%.0f tokens/s, %.1f GFLOP/s)\n",
+		       r.chunks, r.tokens, r.seconds, (double)r.tokens / r.seconds,
+		       r.gflop / r.seconds);
+	}
+out:
+	free(ids);
+	model_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------ generate */
+
+static common gen_co;
+static const char *gen_prompt;
+static int gen_n = 64, gen_topk = 40, gen_seed = 42;
+static float gen_temp = 0.8f, gen_topp = 0.95f;
+
+static const opt *gen_opts(void)
+{
+	static const opt o[] = {
+		{ "-m", "--model", OPT_STR, &gen_co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
+		{ "-z", "--tokenizer", OPT_STR, &gen_co.tokenizer, "FILE", "llama2.c tokenizer.bin" },
+		{ "-p", "--prompt", OPT_STR, &gen_prompt, "TEXT", "prompt (required)" },
+		{ "-n", "--n-predict", OPT_INT, &gen_n, "N", "tokens to generate (default 64)" },
+		{ NULL, "--temp", OPT_FLOAT, &gen_temp, "T", "temperature; 0 = greedy (default 0.8)" },
+		{ NULL, "--top-k", OPT_INT, &gen_topk, "K", "keep the K most likely tokens; 0 = off (default 40)" },
+		{ NULL, "--top-p", OPT_FLOAT, &gen_topp, "P", "nucleus sampling mass; 1 = off (default 0.95)" },
+		{ "-s", "--seed", OPT_INT, &gen_seed, "SEED", "sampling seed (default 42)" },
+		{ "-t", "--threads", OPT_INT, &gen_co.threads, "N", "threads (default: all cores)" },
+		{ NULL, "--json", OPT_FLAG, &gen_co.json, NULL, "print {ids, text, ...} on stdout" },
+		{ NULL, NULL, 0, NULL, NULL, NULL },
+	};
+	return o;
+}
+
+static int cmd_generate(int argc, char **argv)
+{
+	int rc = parse_opts("generate", argc, argv, gen_opts());
+	if (rc)
+		return rc;
+	if (!gen_prompt) {
+		fprintf(stderr, "qscope generate: -p PROMPT is required\n");
+		return EXIT_USAGE;
+	}
+	if (gen_n < 0) {
+		fprintf(stderr, "qscope generate: -n must be >= 0\n");
+		return EXIT_USAGE;
+	}
+	model *m;
+	if ((rc = open_model(&gen_co, &m)))
+		return rc;
+	qs_error err = { 0 };
+	int *ids = NULL;
+	size_t n = 0;
+	fwd_ctx *f = NULL;
+	float *logits = NULL;
+	sample_state ss = { 0 };
+	json_t *jids = NULL;
+	if (tok_encode(m->tok, gen_prompt, strlen(gen_prompt), 1, &ids, &n, &err)) {
+		fprintf(stderr, "qscope generate: %s\n", err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	int ctx = m->cfg.ctx;
+	if ((int)n >= ctx) {
+		fprintf(stderr, "qscope generate: prompt has %zu tokens, context is %d\n", n, ctx);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	int total = (int)n + gen_n < ctx ? (int)n + gen_n : ctx;
+	int *all = realloc(ids, sizeof(int) * (size_t)(total > 0 ? total : 1));
+	if (!all) {
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	ids = all;
+	f = fwd_new(m, 1, ctx, &err);
+	logits = malloc(sizeof(float) * m->cfg.vocab);
+	if (!f || !logits || sample_init(&ss, m->cfg.vocab, (uint64_t)gen_seed)) {
+		fprintf(stderr, "qscope generate: %s\n", f ? "out of memory" : err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	sample_opts so = { gen_temp, gen_topk, gen_topp, (uint64_t)gen_seed };
+	char buf[256];
+	if (!gen_co.json) {
+		for (size_t i = 0; i < n; i++) {
+			tok_decode(m->tok, i ? ids[i - 1] : -1, ids[i], buf, sizeof(buf));
+			fputs(buf, stdout);
+		}
+		fflush(stdout);
+	}
+	double t0 = now_s(), t_prompt = 0;
+	if (fwd_prefill(f, ids, 1, (int)n, (int)n - 1, logits, &err)) {
+		fprintf(stderr, "qscope generate: %s\n", err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	t_prompt = now_s() - t0;
+	int pos = (int)n, produced = 0;
+	double t1 = now_s();
+	while (pos < total) {
+		int next = sample_next(&ss, &so, logits);
+		ids[pos] = next;
+		produced++;
+		if (!gen_co.json) {
+			tok_decode(m->tok, ids[pos - 1], next, buf, sizeof(buf));
+			fputs(buf, stdout);
+			fflush(stdout);
+		}
+		if (next == tok_eos(m->tok))
+			break;
+		if (pos + 1 >= total) {
+			pos++;
+			break;
+		}
+		if (fwd_decode(f, next, pos, logits, &err)) {
+			fprintf(stderr, "qscope generate: %s\n", err.msg);
+			rc = EXIT_INPUT;
+			goto out;
+		}
+		pos++;
+	}
+	double t_gen = now_s() - t1;
+	int n_all = (int)n + produced;
+	if (gen_co.json) {
+		jids = json_array();
+		size_t tl = 0, cap = 1024;
+		char *text = malloc(cap);
+		for (int i = 0; i < n_all && text; i++) {
+			json_array_append_new(jids, json_integer(ids[i]));
+			size_t k = tok_decode(m->tok, i ? ids[i - 1] : -1, ids[i], buf, sizeof(buf));
+			if (tl + k + 1 > cap) {
+				char *nt = realloc(text, cap = 2 * (tl + k + 1));
+				if (!nt)
+					free(text);
+				text = nt;
+			}
+			if (text) {
+				memcpy(text + tl, buf, k);
+				tl += k;
+			}
+		}
+		if (!text) {
+			rc = EXIT_INPUT;
+			goto out;
+		}
+		json_t *o = json_object();
+		json_object_set_new(o, "ids", jids);
+		jids = NULL;
+		json_object_set_new(o, "text", json_stringn(text, tl));
+		json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)n));
+		json_object_set_new(o, "generated", json_integer(produced));
+		json_object_set_new(o, "prompt_seconds", json_real(t_prompt));
+		json_object_set_new(o, "decode_tokens_per_second",
+				    json_real(produced > 1 ? (produced - 1) / t_gen : 0));
+		free(text);
+		rc = dump_json(o);
+	} else {
+		putchar('\n');
+		fprintf(stderr, "generate: prompt %zu tokens in %.3f s, %d tokens at %.1f tokens/s\n", n,
+			t_prompt, produced, produced > 1 ? (produced - 1) / t_gen : 0.0);
+	}
+out:
+	json_decref(jids);
+	sample_release(&ss);
+	free(logits);
+	fwd_free(f);
+	free(ids);
+	model_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------ logits */
+
+static common lg_co;
+static int lg_n = 64;
+static const char *lg_out;
+
+static const opt *lg_opts(void)
+{
+	static const opt o[] = {
+		{ "-m", "--model", OPT_STR, &lg_co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
+		{ "-z", "--tokenizer", OPT_STR, &lg_co.tokenizer, "FILE", "llama2.c tokenizer.bin" },
+		{ "-f", "--file", OPT_STR, &lg_co.file, "TEXT", "text (required); tokenized with BOS first" },
+		{ "-n", "--n-tokens", OPT_INT, &lg_n, "N", "number of positions (default 64)" },
+		{ "-o", "--output", OPT_STR, &lg_out, "OUT.f32", "output file: N x vocab float32 little-endian (required)" },
+		{ "-t", "--threads", OPT_INT, &lg_co.threads, "N", "threads (default: all cores)" },
+		{ NULL, NULL, 0, NULL, NULL, NULL },
+	};
+	return o;
+}
+
+static int write_atomic(const char *path, const void *data, size_t len)
+{
+	char tmp[4200];
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+	FILE *f = fopen(tmp, "wb");
+	if (!f) {
+		fprintf(stderr, "qscope: %s: cannot create: %s\n", tmp, strerror(errno));
+		return EXIT_INPUT;
+	}
+	int bad = fwrite(data, 1, len, f) != len;
+	bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
+	bad |= fclose(f) != 0;
+	if (bad || rename(tmp, path) != 0) {
+		fprintf(stderr, "qscope: %s: write failed: %s\n", path, strerror(errno));
+		unlink(tmp);
+		return EXIT_INPUT;
+	}
+	return 0;
+}
+
+static int cmd_logits(int argc, char **argv)
+{
+	int rc = parse_opts("logits", argc, argv, lg_opts());
+	if (rc)
+		return rc;
+	if (!lg_co.file || !lg_out || lg_n < 1) {
+		fprintf(stderr, "qscope logits: -f TEXT, -o OUT.f32 and -n N >= 1 are required\n");
+		return EXIT_USAGE;
+	}
+	model *m;
+	if ((rc = open_model(&lg_co, &m)))
+		return rc;
+	int *ids = NULL;
+	size_t n = 0;
+	float *logits = NULL;
+	fwd_ctx *f = NULL;
+	qs_error err = { 0 };
+	if ((rc = tokenize_file(m, lg_co.file, &ids, &n)))
+		goto out;
+	if ((size_t)lg_n > n || lg_n > m->cfg.ctx) {
+		fprintf(stderr, "qscope logits: -n %d: the text has %zu tokens, context is %d\n", lg_n,
+			n, m->cfg.ctx);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	f = fwd_new(m, 1, lg_n, &err);
+	logits = malloc(sizeof(float) * (size_t)lg_n * m->cfg.vocab);
+	if (!f || !logits || fwd_prefill(f, ids, 1, lg_n, 0, logits, &err)) {
+		fprintf(stderr, "qscope logits: %s\n", err.msg[0] ? err.msg : "out of memory");
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	rc = write_atomic(lg_out, logits, sizeof(float) * (size_t)lg_n * m->cfg.vocab);
+	if (!rc)
+		fprintf(stderr, "logits: wrote %d x %d float32 to %s\n", lg_n, m->cfg.vocab, lg_out);
+out:
+	free(logits);
+	fwd_free(f);
+	free(ids);
+	model_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------ info */
+
+static common info_co;
+
+static const opt *info_opts(void)
+{
+	static const opt o[] = {
+		{ "-m", "--model", OPT_STR, &info_co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
+		{ "-z", "--tokenizer", OPT_STR, &info_co.tokenizer, "FILE", "llama2.c tokenizer.bin" },
+		{ NULL, "--json", OPT_FLAG, &info_co.json, NULL, "print one JSON object on stdout" },
+		{ NULL, NULL, 0, NULL, NULL, NULL },
+	};
+	return o;
+}
+
+static int cmd_info(int argc, char **argv)
+{
+	int rc = parse_opts("info", argc, argv, info_opts());
+	if (rc)
+		return rc;
+	model *m;
+	if ((rc = open_model(&info_co, &m)))
+		return rc;
+	const model_config *c = &m->cfg;
+	size_t bytes = 0;
+	for (int i = 0; i < m->n_tensors; i++)
+		bytes += m->tensors[i].nbytes;
+	const char *rope = c->rope_style == MODEL_ROPE_NEOX ? "neox (rotate-half)" : "normal (adjacent pairs)";
+	if (info_co.json) {
+		json_t *ts = json_array();
+		for (int i = 0; i < m->n_tensors; i++) {
+			const model_tensor *t = &m->tensors[i];
+			json_array_append_new(ts, json_pack("{s:s, s:s, s:[I,I], s:I}", "name", t->name,
+							    "type", kn_traits(t->type)->name,
+							    "shape", (json_int_t)t->ne[0],
+							    (json_int_t)t->ne[1], "bytes",
+							    (json_int_t)t->nbytes));
+		}
+		json_t *o = json_pack(
+			"{s:s, s:s, s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:s, s:b, s:b}, s:I, s:I, s:{s:s, s:i, s:i, s:i}, s:o}",
+			"path", m->path, "format", m->format, "arch", c->arch, "config", "vocab",
+			c->vocab, "dim", c->dim, "n_layers", c->n_layers, "n_heads", c->n_heads,
+			"n_kv_heads", c->n_kv_heads, "head_dim", c->head_dim, "hidden", c->hidden,
+			"ctx", c->ctx, "eps", (double)c->eps, "rope_theta", (double)c->rope_theta,
+			"rope", c->rope_style == MODEL_ROPE_NEOX ? "neox" : "normal", "tied", c->tied,
+			"attn_bias", c->attn_bias, "params", (json_int_t)model_n_params(m), "bytes",
+			(json_int_t)bytes, "tokenizer", "type", "sentencepiece-bpe", "n_vocab",
+			tok_n_vocab(m->tok), "bos", tok_bos(m->tok), "eos", tok_eos(m->tok),
+			"tensors", ts);
+		rc = dump_json(o);
+	} else {
+		printf("model      %s (%s)\n", m->path, m->format);
+		printf("arch       %s: dim %d, %d layers, %d heads (%d kv, head dim %d), ffn %d, vocab %d, ctx %d\n",
+		       c->arch, c->dim, c->n_layers, c->n_heads, c->n_kv_heads, c->head_dim, c->hidden,
+		       c->vocab, c->ctx);
+		printf("norm/rope  rms eps %g, rope theta %g, %s%s%s\n", (double)c->eps,
+		       (double)c->rope_theta, rope, c->tied ? ", tied output head" : ", untied output head",
+		       c->attn_bias ? ", q/k/v bias" : "");
+		printf("params     %zu (%.2f MB stored, %.2f bits per weight)\n", model_n_params(m),
+		       bytes / 1e6, 8.0 * bytes / (double)model_n_params(m));
+		printf("tokenizer  sentencepiece bpe, %d pieces, bos %d, eos %d\n", tok_n_vocab(m->tok),
+		       tok_bos(m->tok), tok_eos(m->tok));
+		printf("\n%-28s %-6s %14s %12s\n", "tensor", "type", "shape", "bytes");
+		for (int i = 0; i < m->n_tensors; i++) {
+			const model_tensor *t = &m->tensors[i];
+			char shape[40];
+			snprintf(shape, sizeof(shape), "%lld x %lld", (long long)t->ne[1],
+				 (long long)t->ne[0]);
+			printf("%-28s %-6s %14s %12zu\n", t->name, kn_traits(t->type)->name,
+			       t->n_dims == 1 ? shape + 4 : shape, t->nbytes);
+		}
+	}
+	model_free(m);
+	return rc;
+}
+
+/* ------------------------------------------------------------ table */
+
+static const cmd cmds[] = {
+	{ "ppl", cmd_ppl, "ppl -m MODEL -f TEXT [-c 512] [--chunks N] [-t N] [--json]",
+	  "Perplexity with llama.cpp's protocol: the text tokenized once with BOS, chunks of\n"
+	  "c tokens each starting with BOS, the second half of each chunk scored.",
+	  ppl_opts },
+	{ "generate", cmd_generate,
+	  "generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [-s SEED] [--json]",
+	  "Continue a prompt (prefill with sgemm, then token-by-token decode with a KV cache).",
+	  gen_opts },
+	{ "logits", cmd_logits, "logits -m MODEL -f TEXT -n N -o OUT.f32",
+	  "Write the logits of the first N positions of the tokenized text (BOS first).", lg_opts },
+	{ "info", cmd_info, "info -m MODEL [--json]",
+	  "Architecture, shapes, tensors with dtype and bytes, tokenizer.", info_opts },
+};
+
+static const cmd *find_cmd(const char *name)
+{
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (strcmp(cmds[i].name, name) == 0)
+			return &cmds[i];
+	return NULL;
+}
+
+static void usage(FILE *out)
+{
+	fprintf(out, "usage: qscope COMMAND [options]   (qscope COMMAND --help for its options)\n\n"
+		     "qscope - a workbench for post-training quantization of Llama-family models.\n"
+		     "MODEL is a .gguf file, a Hugging Face folder (config.json, safetensors,\n"
+		     "tokenizer.model) or a llama2.c .bin checkpoint (with -z tokenizer.bin).\n\n"
+		     "commands:\n");
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		const char *s = cmds[i].summary, *nl = strchr(s, '\n');
+		fprintf(out, "  %-10s %.*s\n", cmds[i].name, (int)(nl ? nl - s : (long)strlen(s)), s);
+	}
+	fprintf(out, "\nexit codes: 0 ok, 1 usage, 2 bad input or model\n");
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2) {
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "help") == 0) {
+		if (argc > 2 && find_cmd(argv[2]))
+			return cmd_help_for(argv[2]);
+		usage(stdout);
+		return 0;
+	}
+	const cmd *c = find_cmd(argv[1]);
+	if (!c) {
+		fprintf(stderr, "qscope: unknown command '%s'\n", argv[1]);
+		usage(stderr);
+		return EXIT_USAGE;
+	}
+	if (want_help(argc - 1, argv + 1))
+		return cmd_help_for(c->name);
+	return c->run(argc - 1, argv + 1);
+}

@@ -1,0 +1,41 @@
+/* eval.h - evaluation of a model: perplexity (llama.cpp's chunked protocol). */
+#ifndef QS_EVAL_H
+#define QS_EVAL_H
+
+#include <stddef.h>
+
+#include "error.h"
+#include "model.h"
+
+typedef struct eval_ppl_opts {
+	int ctx;          /* chunk length (512) */
+	int n_chunks;     /* 0: all whole chunks in the text */
+	int batch;        /* chunks per forward batch (0: automatic) */
+	/* called after every chunk with its index and the running perplexity;
+	 * return nonzero to cancel */
+	int (*on_chunk)(void *user, int chunk, int n_chunks, double running_ppl);
+	void *user;
+} eval_ppl_opts;
+
+typedef struct eval_ppl_result {
+	double ppl, ppl_stderr;
+	double nll_mean;
+	int chunks;
+	long scored;      /* predicted tokens */
+	long tokens;      /* tokens processed (chunks * ctx) */
+	double seconds;
+	double gflop;     /* floating-point work the protocol needs (see eval_flops) */
+} eval_ppl_result;
+
+/* Perplexity of tokens (BOS first) with llama.cpp's protocol: chunks of ctx
+ * tokens, first token of each chunk replaced by BOS, the second half of each
+ * chunk (targets at positions ctx/2 .. ctx-1) scored. */
+int eval_ppl(const model *m, const int *tokens, size_t n_tokens, const eval_ppl_opts *o,
+	     eval_ppl_result *r, qs_error *err);
+
+/* FLOPs of a prefill of n_seq sequences of n_tok tokens with logits for the
+ * last n_logits positions of each: linear layers for every token, causal
+ * attention (QK^T and PV over t+1 keys for position t), output head. */
+double eval_flops(const model_config *c, int n_seq, int n_tok, int n_logits);
+
+#endif

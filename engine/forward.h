@@ -1,0 +1,53 @@
+/* forward.h - the Llama forward pass.
+ *
+ * Prefill runs whole chunks of one or more independent sequences at once: each
+ * weight matrix is dequantized into a scratch buffer and multiplied with
+ * OpenBLAS sgemm over every token of the batch. Decode runs one token of
+ * sequence 0 with packed-weight matvec kernels and the KV cache that prefill
+ * filled. Both compute the same function (tests hold them to each other). */
+#ifndef QS_FORWARD_H
+#define QS_FORWARD_H
+
+#include "error.h"
+#include "model.h"
+
+typedef struct fwd_ctx fwd_ctx;
+
+/* Where a capture hook sees the input of a linear layer. */
+enum fwd_site {
+	FWD_SITE_QKV = 0,  /* normed input of attn_q/attn_k/attn_v: (n, dim) */
+	FWD_SITE_ATTN_OUT, /* input of attn_output: (n, n_heads*head_dim) */
+	FWD_SITE_FFN_IN,   /* normed input of ffn_gate/ffn_up: (n, dim) */
+	FWD_SITE_FFN_DOWN, /* input of ffn_down: (n, hidden) */
+	FWD_SITE_OUTPUT,   /* normed input of the output head: (n, dim) */
+	FWD_SITE_COUNT,
+};
+
+/* Called during prefill with the activation matrix x (n_rows, n_cols),
+ * row-major, borrowed for the duration of the call. layer is -1 for the
+ * output head. Returning nonzero cancels the pass (QS_ECANCEL). */
+typedef int (*fwd_capture_fn)(void *user, int layer, int site, const float *x, int n_rows,
+			      int n_cols);
+
+/* A context for up to max_seqs sequences of up to max_len tokens each. */
+fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err);
+void fwd_free(fwd_ctx *f);
+
+void fwd_set_capture(fwd_ctx *f, fwd_capture_fn fn, void *user);
+
+/* Threads for OpenMP loops and OpenBLAS (0: all cores). */
+void fwd_set_threads(int n);
+int fwd_threads(void);
+
+/* Run n_seq sequences of n_tok tokens each (tokens row-major (n_seq, n_tok)),
+ * positions 0..n_tok-1, filling the KV cache of each sequence slot. If logits
+ * is non-NULL it receives, for each sequence, the logits of positions
+ * logits_from..n_tok-1: (n_seq, n_tok - logits_from, vocab). */
+int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_from,
+		float *logits, qs_error *err);
+
+/* One token of sequence 0 at position pos (the cache must hold positions
+ * 0..pos-1): logits (vocab). */
+int fwd_decode(fwd_ctx *f, int token, int pos, float *logits, qs_error *err);
+
+#endif
