@@ -222,6 +222,14 @@ def print_c_cases(shared):
         print("\t{%s, %d}," % (c_string(t), len(t)))
     print("};")
     print("#define N_EDGE %d" % len(EDGE_TEXTS))
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(shared, MODEL))
+    print("/* sentencepiece's decode of the ids: the text, with U+FFFD for each byte")
+    print(" * that is not valid UTF-8 */")
+    print("static const struct edge_text edge_decoded[N_EDGE] = {")
+    for t in EDGE_TEXTS:
+        d = sp.decode(sp.encode(t)).encode("utf-8")
+        print("\t{%s, %d}," % (c_string(d), len(d)))
+    print("};")
     for vname, (changes, bf) in VARIANTS.items():
         sp = spm.SentencePieceProcessor(model_proto=variant_proto(model, changes, bf))
         print("static const int expect_%s[N_EDGE][%d] = {" % (vname, width))

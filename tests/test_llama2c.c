@@ -13,6 +13,9 @@
 #include <sys/stat.h>
 #include <cmocka.h>
 
+#include <jansson.h>
+
+#include "../engine/forward.h"
 #include "../engine/model.h"
 #include "../kernels/fp16.h"
 #include "../kernels/types.h"
@@ -422,6 +425,69 @@ static void test_load_separate(void **state)
 
 /* ---- the shared-classifier export ---- */
 
+/* The exported checkpoint runs: its logits on the first 64 WikiText-2 tokens
+ * match the independent PyTorch reference (../shared/refs), through both the
+ * prefill and the decode path, and its tokenizer.bin gives the reference ids. */
+static void test_logits_vs_reference(void **state)
+{
+	(void)state;
+	model_open_opts opts = { .tokenizer_path = sep_tok };
+	model *m = NULL;
+	qs_error err = { 0 };
+	if (model_open(sep_bin, &opts, &m, &err))
+		fail_msg("model_open: %s", err.msg);
+	json_error_t je;
+	json_t *refs = json_load_file(tu_shared("refs/debdoc-19m.json"), 0, &je);
+	assert_non_null(refs);
+	json_t *jids = json_object_get(json_object_get(refs, "logits64"), "input_ids");
+	assert_int_equal(json_array_size(jids), 64);
+	int ids[64];
+	for (int i = 0; i < 64; i++)
+		ids[i] = (int)json_integer_value(json_array_get(jids, (size_t)i));
+	/* the llama2.c tokenizer.bin reproduces the reference ids */
+	size_t tlen, n;
+	char *text = tu_read_file(tu_shared("data/wikitext-2-test.txt"), &tlen);
+	assert_non_null(text);
+	int *enc;
+	assert_int_equal(tok_encode(m->tok, text, tlen < 4096 ? tlen : 4096, 1, &enc, &n, &err), 0);
+	assert_true(n > 64);
+	for (int i = 0; i < 64; i++)
+		assert_int_equal(enc[i], ids[i]);
+	free(enc);
+	free(text);
+	size_t len;
+	float *rl = (float *)tu_read_file(tu_shared("refs/debdoc-19m-logits64.f32"), &len);
+	assert_int_equal(len, sizeof(float) * 64 * 8192);
+	fwd_ctx *f = fwd_new(m, 1, 64, &err);
+	assert_non_null(f);
+	float *lg = malloc(sizeof(float) * 64 * 8192), *row = malloc(sizeof(float) * 8192);
+	assert_int_equal(fwd_prefill(f, ids, 1, 64, 0, lg, &err), 0);
+	double num = 0, den = 0, worst = 0;
+	for (size_t i = 0; i < 64 * 8192; i++) {
+		num += ((double)lg[i] - rl[i]) * ((double)lg[i] - rl[i]);
+		den += (double)rl[i] * rl[i];
+	}
+	for (int p = 0; p < 64; p++) {
+		assert_int_equal(fwd_decode(f, ids[p], p, row, &err), 0);
+		double a = 0, b = 0;
+		for (int j = 0; j < 8192; j++) {
+			a += ((double)row[j] - rl[p * 8192 + j]) * ((double)row[j] - rl[p * 8192 + j]);
+			b += (double)rl[p * 8192 + j] * rl[p * 8192 + j];
+		}
+		worst = sqrt(a / b) > worst ? sqrt(a / b) : worst;
+	}
+	print_message("llama2.c checkpoint: logits rel L2 %.3g (prefill), worst decode row %.3g\n",
+		      sqrt(num / den), worst);
+	assert_true(sqrt(num / den) < 1e-4);
+	assert_true(worst < 1e-4);
+	free(lg);
+	free(row);
+	free(rl);
+	fwd_free(f);
+	json_decref(refs);
+	model_free(m);
+}
+
 static void test_load_tied(void **state)
 {
 	(void)state;
@@ -693,6 +759,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_export_files),
 		cmocka_unit_test(test_load_separate),
+		cmocka_unit_test(test_logits_vs_reference),
 		cmocka_unit_test(test_load_tied),
 		cmocka_unit_test(test_synthetic_layout),
 		cmocka_unit_test(test_corrupt_size),

@@ -12,6 +12,8 @@
 
 #include "../engine/eval.h"
 #include "../engine/forward.h"
+#include "../engine/generate.h"
+#include "../engine/bench.h"
 #include "../engine/model.h"
 #include "../engine/sample.h"
 #include "../kernels/types.h"
@@ -305,6 +307,23 @@ static const opt *gen_opts(void)
 	return o;
 }
 
+typedef struct gen_print {
+	const model *m;
+	int json;
+} gen_print;
+
+static int gen_on_token(void *user, int prev, int id)
+{
+	gen_print *g = user;
+	if (!g->json) {
+		char buf[256];
+		tok_decode(g->m->tok, prev, id, buf, sizeof(buf));
+		fputs(buf, stdout);
+		fflush(stdout);
+	}
+	return 0;
+}
+
 static int cmd_generate(int argc, char **argv)
 {
 	int rc = parse_opts("generate", argc, argv, gen_opts());
@@ -322,12 +341,10 @@ static int cmd_generate(int argc, char **argv)
 	if ((rc = open_model(&gen_co, &m)))
 		return rc;
 	qs_error err = { 0 };
-	int *ids = NULL;
+	int *ids = NULL, *all;
 	size_t n = 0;
 	fwd_ctx *f = NULL;
-	float *logits = NULL;
-	sample_state ss = { 0 };
-	json_t *jids = NULL;
+	char *text = NULL;
 	if (tok_encode(m->tok, gen_prompt, strlen(gen_prompt), 1, &ids, &n, &err)) {
 		fprintf(stderr, "qscope generate: %s\n", err.msg);
 		rc = EXIT_INPUT;
@@ -339,21 +356,16 @@ static int cmd_generate(int argc, char **argv)
 		rc = EXIT_USAGE;
 		goto out;
 	}
-	int total = (int)n + gen_n < ctx ? (int)n + gen_n : ctx;
-	int *all = realloc(ids, sizeof(int) * (size_t)(total > 0 ? total : 1));
-	if (!all) {
+	if (!(all = realloc(ids, sizeof(int) * ((size_t)n + (size_t)gen_n + 1)))) {
 		rc = EXIT_INPUT;
 		goto out;
 	}
 	ids = all;
-	f = fwd_new(m, 1, ctx, &err);
-	logits = malloc(sizeof(float) * m->cfg.vocab);
-	if (!f || !logits || sample_init(&ss, m->cfg.vocab, (uint64_t)gen_seed)) {
-		fprintf(stderr, "qscope generate: %s\n", f ? "out of memory" : err.msg);
+	if (!(f = fwd_new(m, 1, ctx, &err))) {
+		fprintf(stderr, "qscope generate: %s\n", err.msg);
 		rc = EXIT_INPUT;
 		goto out;
 	}
-	sample_opts so = { gen_temp, gen_topk, gen_topp, (uint64_t)gen_seed };
 	char buf[256];
 	if (!gen_co.json) {
 		for (size_t i = 0; i < n; i++) {
@@ -362,81 +374,45 @@ static int cmd_generate(int argc, char **argv)
 		}
 		fflush(stdout);
 	}
-	double t0 = now_s(), t_prompt = 0;
-	if (fwd_prefill(f, ids, 1, (int)n, (int)n - 1, logits, &err)) {
+	sample_opts so = { gen_temp, gen_topk, gen_topp, (uint64_t)gen_seed };
+	gen_print gp = { m, gen_co.json };
+	gen_result r;
+	if (gen_n > 0 && gen_run(f, m, ids, (int)n, gen_n, ctx, &so, gen_on_token, &gp, &r, &err)) {
 		fprintf(stderr, "qscope generate: %s\n", err.msg);
 		rc = EXIT_INPUT;
 		goto out;
 	}
-	t_prompt = now_s() - t0;
-	int pos = (int)n, produced = 0;
-	double t1 = now_s();
-	while (pos < total) {
-		int next = sample_next(&ss, &so, logits);
-		ids[pos] = next;
-		produced++;
-		if (!gen_co.json) {
-			tok_decode(m->tok, ids[pos - 1], next, buf, sizeof(buf));
-			fputs(buf, stdout);
-			fflush(stdout);
-		}
-		if (next == tok_eos(m->tok))
-			break;
-		if (pos + 1 >= total) {
-			pos++;
-			break;
-		}
-		if (fwd_decode(f, next, pos, logits, &err)) {
-			fprintf(stderr, "qscope generate: %s\n", err.msg);
-			rc = EXIT_INPUT;
-			goto out;
-		}
-		pos++;
-	}
-	double t_gen = now_s() - t1;
-	int n_all = (int)n + produced;
+	if (gen_n == 0)
+		memset(&r, 0, sizeof(r));
+	double tps = r.n_gen > 1 ? (r.n_gen - 1) / r.decode_seconds : 0.0;
+	int n_all = (int)n + r.n_gen;
 	if (gen_co.json) {
-		jids = json_array();
-		size_t tl = 0, cap = 1024;
-		char *text = malloc(cap);
+		json_t *jids = json_array();
+		size_t tl = 0, cap = 64 + (size_t)n_all * 32;
+		text = malloc(cap);
 		for (int i = 0; i < n_all && text; i++) {
 			json_array_append_new(jids, json_integer(ids[i]));
 			size_t k = tok_decode(m->tok, i ? ids[i - 1] : -1, ids[i], buf, sizeof(buf));
-			if (tl + k + 1 > cap) {
-				char *nt = realloc(text, cap = 2 * (tl + k + 1));
-				if (!nt)
-					free(text);
-				text = nt;
-			}
-			if (text) {
+			if (tl + k < cap) {
 				memcpy(text + tl, buf, k);
 				tl += k;
 			}
 		}
-		if (!text) {
-			rc = EXIT_INPUT;
-			goto out;
-		}
 		json_t *o = json_object();
 		json_object_set_new(o, "ids", jids);
-		jids = NULL;
-		json_object_set_new(o, "text", json_stringn(text, tl));
+		json_object_set_new(o, "text", json_stringn(text ? text : "", tl));
 		json_object_set_new(o, "prompt_tokens", json_integer((json_int_t)n));
-		json_object_set_new(o, "generated", json_integer(produced));
-		json_object_set_new(o, "prompt_seconds", json_real(t_prompt));
-		json_object_set_new(o, "decode_tokens_per_second",
-				    json_real(produced > 1 ? (produced - 1) / t_gen : 0));
-		free(text);
+		json_object_set_new(o, "generated", json_integer(r.n_gen));
+		json_object_set_new(o, "prompt_seconds", json_real(r.prompt_seconds));
+		json_object_set_new(o, "decode_tokens_per_second", json_real(tps));
 		rc = dump_json(o);
 	} else {
 		putchar('\n');
 		fprintf(stderr, "generate: prompt %zu tokens in %.3f s, %d tokens at %.1f tokens/s\n", n,
-			t_prompt, produced, produced > 1 ? (produced - 1) / t_gen : 0.0);
+			r.prompt_seconds, r.n_gen, tps);
 	}
 out:
-	json_decref(jids);
-	sample_release(&ss);
-	free(logits);
+	free(text);
 	fwd_free(f);
 	free(ids);
 	model_free(m);
@@ -602,6 +578,154 @@ static int cmd_info(int argc, char **argv)
 	return rc;
 }
 
+/* ------------------------------------------------------------ bench */
+
+static common bn_co;
+static const char *bn_out;
+static int bn_chunks = 0, bn_decode = 128, bn_reps = 5;
+
+static const opt *bn_opts(void)
+{
+	static const opt o[] = {
+		{ "-m", "--model", OPT_STR, &bn_co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
+		{ "-f", "--file", OPT_STR, &bn_co.file, "TEXT", "perplexity text (default data/wikitext-2-test.txt)" },
+		{ NULL, "--chunks", OPT_INT, &bn_chunks, "N", "perplexity chunks (default: all)" },
+		{ "-n", "--decode", OPT_INT, &bn_decode, "N", "tokens per decode run (default 128)" },
+		{ "-r", "--reps", OPT_INT, &bn_reps, "N", "repetitions of the short measurements (default 5)" },
+		{ "-t", "--threads", OPT_INT, &bn_co.threads, "N", "threads (default: all cores)" },
+		{ "-o", "--output", OPT_STR, &bn_out, "FILE", "write the markdown table to FILE (atomically)" },
+		{ NULL, NULL, 0, NULL, NULL, NULL },
+	};
+	return o;
+}
+
+static int bench_on_chunk(void *user, int chunk, int n_chunks, double running)
+{
+	(void)user;
+	if ((chunk + 1) % 64 == 0 || chunk + 1 == n_chunks)
+		fprintf(stderr, "bench: ppl chunk %d/%d, running ppl %.4f\n", chunk + 1, n_chunks, running);
+	return 0;
+}
+
+static int cmd_bench(int argc, char **argv)
+{
+	int rc = parse_opts("bench", argc, argv, bn_opts());
+	if (rc)
+		return rc;
+	if (bn_reps < 1 || bn_decode < 2) {
+		fprintf(stderr, "qscope bench: --reps >= 1 and --decode >= 2 required\n");
+		return EXIT_USAGE;
+	}
+	const char *file = bn_co.file ? bn_co.file : "data/wikitext-2-test.txt";
+	model *m;
+	if ((rc = open_model(&bn_co, &m)))
+		return rc;
+	int *ids = NULL, *gids = NULL;
+	size_t n = 0;
+	fwd_ctx *f = NULL;
+	char *md = NULL;
+	double *v = calloc((size_t)bn_reps * 2, sizeof(double));
+	qs_error err = { 0 };
+	if ((rc = tokenize_file(m, file, &ids, &n)))
+		goto out;
+	bench_stat peak0, peak1, copy;
+	fprintf(stderr, "bench: sgemm peak and copy bandwidth (%d threads)\n", fwd_threads());
+	if (!v || bench_sgemm(2048, bn_reps, &peak0) || bench_copy(256, bn_reps, &copy)) {
+		fprintf(stderr, "qscope bench: out of memory\n");
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	eval_ppl_opts po = { .ctx = 512, .n_chunks = bn_chunks, .on_chunk = bench_on_chunk };
+	eval_ppl_result pr;
+	if (eval_ppl(m, ids, n, &po, &pr, &err)) {
+		fprintf(stderr, "qscope bench: %s\n", err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	bench_sgemm(2048, bn_reps, &peak1);
+	double peak = 0.5 * (peak0.median + peak1.median);
+	/* prompt processing (one 512-token sequence) and decode, median of reps */
+	int ctx = m->cfg.ctx, np = ctx < 512 ? ctx : 512;
+	int nd = bn_decode < ctx - 8 ? bn_decode : ctx - 8;
+	gids = malloc(sizeof(int) * (size_t)ctx);
+	f = fwd_new(m, 1, ctx, &err);
+	if (!gids || !f || n < (size_t)np) {
+		fprintf(stderr, "qscope bench: %s\n", f ? "text too short or out of memory" : err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	for (int r = 0; r < bn_reps; r++) {
+		double t = now_s();
+		if (fwd_prefill(f, ids, 1, np, np - 1, NULL, &err))
+			break;
+		v[r] = np / (now_s() - t);
+	}
+	double pp_tps = bench_median(v, bn_reps);
+	sample_opts so = { 0, 0, 1, 1 };
+	for (int r = 0; r < bn_reps; r++) {
+		gen_result gr;
+		gids[0] = ids[0];
+		if (gen_run(f, m, gids, 1, nd, ctx, &so, NULL, NULL, &gr, &err)) {
+			fprintf(stderr, "qscope bench: %s\n", err.msg);
+			rc = EXIT_INPUT;
+			goto out;
+		}
+		v[r] = (gr.n_gen - 1) / gr.decode_seconds;
+	}
+	double dec_tps = bench_median(v, bn_reps);
+	size_t wbytes = 0;
+	for (int i = 0; i < m->n_tensors; i++)
+		if (&m->tensors[i] != m->tok_embd || m->cfg.tied)
+			wbytes += m->tensors[i].nbytes;
+	double ppl_gflops = pr.gflop / pr.seconds;
+	size_t cap = 8192;
+	md = malloc(cap);
+	if (!md) {
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	snprintf(md, cap,
+		 "# qscope benchmarks\n\n"
+		 "Written by `make bench` (`qscope bench`). Each figure is set against this machine's own\n"
+		 "limits measured in the same run: the sgemm peak (OpenBLAS, 2048^3, median of %d before\n"
+		 "and %d after the perplexity run) and a %d-thread memcpy bandwidth (256 MiB, median of %d).\n\n"
+		 "| what | value |\n| --- | --- |\n"
+		 "| model | `%s` (%s, %zu params) |\n"
+		 "| threads | %d |\n"
+		 "| sgemm peak, before / after | %.1f / %.1f GFLOP/s (min %.1f, max %.1f) |\n"
+		 "| copy bandwidth | %.1f GB/s |\n"
+		 "| perplexity text | `%s`, %d chunks of 512, %ld scored tokens |\n"
+		 "| perplexity | %.4f +/- %.5f |\n"
+		 "| perplexity time | %.2f s (%.0f tokens/s) |\n"
+		 "| perplexity FLOPs (needed by the protocol) | %.1f GFLOP |\n"
+		 "| **perplexity throughput** | **%.1f GFLOP/s = %.0f%% of the sgemm peak** |\n"
+		 "| prompt processing, 1 x %d tokens | %.0f tokens/s (median of %d) |\n"
+		 "| decode, %d tokens after BOS, greedy | %.1f tokens/s (median of %d) |\n"
+		 "| decode weight traffic | %.1f MB/token = %.1f GB/s = %.0f%% of copy bandwidth |\n\n"
+		 "FLOPs counted: per token and layer 2*(dim*(q+k+v) + q*dim + 3*dim*ffn); causal attention\n"
+		 "4*heads*head_dim per (query, key<=query) pair; the output head only where the protocol\n"
+		 "scores (the second half of each chunk). Reproduce with `make bench` (or\n"
+		 "`./qscope bench -o docs/BENCH.md`); the machine is shared, so compare ratios, not seconds.\n",
+		 bn_reps, bn_reps, fwd_threads(), bn_reps, m->path, m->format, model_n_params(m),
+		 fwd_threads(), peak0.median, peak1.median,
+		 peak0.min < peak1.min ? peak0.min : peak1.min,
+		 peak0.max > peak1.max ? peak0.max : peak1.max, copy.median, file, pr.chunks,
+		 pr.scored, pr.ppl, pr.ppl_stderr, pr.seconds, (double)pr.tokens / pr.seconds, pr.gflop,
+		 ppl_gflops, 100.0 * ppl_gflops / peak, np, pp_tps, bn_reps, nd, dec_tps, bn_reps,
+		 wbytes / 1e6, dec_tps * wbytes / 1e9, 100.0 * dec_tps * wbytes / 1e9 / copy.median);
+	fputs(md, stdout);
+	if (bn_out)
+		rc = write_atomic(bn_out, md, strlen(md));
+out:
+	free(md);
+	free(v);
+	free(gids);
+	fwd_free(f);
+	free(ids);
+	model_free(m);
+	return rc;
+}
+
 /* ------------------------------------------------------------ table */
 
 static const cmd cmds[] = {
@@ -615,6 +739,10 @@ static const cmd cmds[] = {
 	  gen_opts },
 	{ "logits", cmd_logits, "logits -m MODEL -f TEXT -n N -o OUT.f32",
 	  "Write the logits of the first N positions of the tokenized text (BOS first).", lg_opts },
+	{ "bench", cmd_bench, "bench [-m MODEL] [-f TEXT] [--chunks N] [-o docs/BENCH.md]",
+	  "Measure perplexity throughput and decode speed against this machine's sgemm peak and\n"
+	  "copy bandwidth, measured in the same run; writes a markdown table.",
+	  bn_opts },
 	{ "info", cmd_info, "info -m MODEL [--json]",
 	  "Architecture, shapes, tensors with dtype and bytes, tokenizer.", info_opts },
 };

@@ -1,0 +1,221 @@
+/* test_cli.c - the qscope binary end to end, against ../shared/refs:
+ * full WikiText-2 perplexity from the GGUF and the HF folder, logits files,
+ * greedy generations, exit codes, --json shapes. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "testutil.h"
+
+static json_t *refs;
+static const char *bin;
+
+static int setup(void **state)
+{
+	(void)state;
+	bin = getenv("QSCOPE_BIN");
+	if (!bin)
+		bin = "build/qscope";
+	json_error_t je;
+	refs = json_load_file(tu_shared("refs/debdoc-19m.json"), 0, &je);
+	return refs ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	json_decref(refs);
+	return 0;
+}
+
+/* Run a shell command; capture stdout (malloc'd) and return the exit code. */
+static int run(const char *cmd, char **out)
+{
+	char full[8192];
+	snprintf(full, sizeof(full), "%s 2>%s/stderr.txt", cmd, tu_tmpdir());
+	FILE *p = popen(full, "r");
+	assert_non_null(p);
+	size_t cap = 1 << 16, n = 0;
+	char *b = malloc(cap);
+	size_t k;
+	while ((k = fread(b + n, 1, cap - n - 1, p)) > 0) {
+		n += k;
+		if (cap - n < 4096)
+			b = realloc(b, cap *= 2);
+	}
+	b[n] = 0;
+	int st = pclose(p);
+	if (out)
+		*out = b;
+	else
+		free(b);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static char *last_stderr(void)
+{
+	char path[512];
+	snprintf(path, sizeof(path), "%s/stderr.txt", tu_tmpdir());
+	return tu_read_file(path, NULL);
+}
+
+static void check_full_ppl(const char *model)
+{
+	char cmd[2048], *out;
+	json_t *w = json_object_get(refs, "wikitext_2_test");
+	double want = json_real_value(json_object_get(w, "ppl"));
+	int want_chunks = (int)json_integer_value(json_object_get(w, "chunks"));
+	const char *chunks = tu_asan() ? "--chunks 3" : "";
+	snprintf(cmd, sizeof(cmd), "%s ppl -m %s -f %s %s --json", bin, model,
+		 tu_shared("data/wikitext-2-test.txt"), chunks);
+	assert_int_equal(run(cmd, &out), 0);
+	json_error_t je;
+	json_t *j = json_loads(out, 0, &je);
+	assert_non_null(j);
+	double ppl = json_real_value(json_object_get(j, "ppl"));
+	print_message("%s: ppl %.4f over %lld chunks in %.1f s (reference %.4f)\n", model, ppl,
+		      (long long)json_integer_value(json_object_get(j, "chunks")),
+		      json_real_value(json_object_get(j, "seconds")), want);
+	assert_int_equal(json_integer_value(json_object_get(j, "tokens")),
+			 json_integer_value(json_object_get(w, "tokens")));
+	assert_true(json_real_value(json_object_get(j, "ppl_stderr")) > 0);
+	assert_true(json_real_value(json_object_get(j, "tokens_per_second")) > 0);
+	if (!tu_asan()) {
+		assert_int_equal(json_integer_value(json_object_get(j, "chunks")), want_chunks);
+		assert_int_equal(json_integer_value(json_object_get(j, "scored")),
+				 json_integer_value(json_object_get(w, "scored")));
+		assert_true(fabs(ppl / want - 1) < 5e-4);
+	}
+	json_decref(j);
+	free(out);
+}
+
+static void test_ppl_gguf(void **s) { (void)s; check_full_ppl(tu_shared("models/debdoc-19m-f16.gguf")); }
+static void test_ppl_hf(void **s) { (void)s; check_full_ppl(tu_shared("models/debdoc-19m-hf")); }
+
+static void check_logits(const char *model)
+{
+	char cmd[2048], path[512];
+	snprintf(path, sizeof(path), "%s/logits.f32", tu_tmpdir());
+	snprintf(cmd, sizeof(cmd), "%s logits -m %s -f %s -n 64 -o %s", bin, model,
+		 tu_shared("data/wikitext-2-test.txt"), path);
+	assert_int_equal(run(cmd, NULL), 0);
+	size_t n1, n2;
+	float *a = (float *)tu_read_file(path, &n1);
+	float *b = (float *)tu_read_file(tu_shared("refs/debdoc-19m-logits64.f32"), &n2);
+	assert_non_null(a);
+	assert_int_equal(n1, n2);
+	double num = 0, den = 0;
+	for (size_t i = 0; i < n1 / 4; i++) {
+		num += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+		den += (double)b[i] * b[i];
+	}
+	print_message("%s: logits rel L2 %.3g\n", model, sqrt(num / den));
+	assert_true(sqrt(num / den) < 1e-4);
+	free(a);
+	free(b);
+}
+
+static void test_logits_gguf(void **s) { (void)s; check_logits(tu_shared("models/debdoc-19m-f16.gguf")); }
+static void test_logits_hf(void **s) { (void)s; check_logits(tu_shared("models/debdoc-19m-hf")); }
+
+static void test_generate_greedy(void **s)
+{
+	(void)s;
+	const char *prompt;
+	json_t *v;
+	json_object_foreach(json_object_get(refs, "greedy"), prompt, v) {
+		char cmd[2048], *out;
+		snprintf(cmd, sizeof(cmd), "%s generate -m %s -p '%s' -n 48 --temp 0 --json", bin,
+			 tu_shared("models/debdoc-19m-f16.gguf"), prompt);
+		assert_int_equal(run(cmd, &out), 0);
+		json_error_t je;
+		json_t *j = json_loads(out, 0, &je);
+		assert_non_null(j);
+		assert_true(json_equal(json_object_get(j, "ids"), json_object_get(v, "ids")));
+		assert_string_equal(json_string_value(json_object_get(j, "text")),
+				    json_string_value(json_object_get(v, "text")));
+		json_decref(j);
+		free(out);
+	}
+}
+
+/* Exit codes: 1 usage, 2 bad input; one-line messages naming the file. */
+static void test_errors(void **s)
+{
+	(void)s;
+	char cmd[2048], *err;
+	snprintf(cmd, sizeof(cmd), "%s", bin);
+	assert_int_equal(run(cmd, NULL), 1);
+	snprintf(cmd, sizeof(cmd), "%s frobnicate", bin);
+	assert_int_equal(run(cmd, NULL), 1);
+	snprintf(cmd, sizeof(cmd), "%s ppl -m %s", bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(run(cmd, NULL), 1);
+	snprintf(cmd, sizeof(cmd), "%s ppl -c abc -f x", bin);
+	assert_int_equal(run(cmd, NULL), 1);
+	snprintf(cmd, sizeof(cmd), "%s info -m %s/nope.gguf", bin, tu_tmpdir());
+	assert_int_equal(run(cmd, NULL), 2);
+	err = last_stderr();
+	assert_non_null(strstr(err, "nope.gguf"));
+	free(err);
+	char bad[512];
+	snprintf(bad, sizeof(bad), "%s/bad.gguf", tu_tmpdir());
+	tu_write_file(bad, "GGUF\x09\0\0\0", 8);
+	snprintf(cmd, sizeof(cmd), "%s info -m %s", bin, bad);
+	assert_int_equal(run(cmd, NULL), 2);
+	err = last_stderr();
+	assert_non_null(strstr(err, "bad.gguf: gguf version 9 not supported"));
+	assert_int_equal(strchr(err, '\n') - err, (long)strlen(err) - 1); /* one line */
+	free(err);
+	snprintf(cmd, sizeof(cmd), "%s ppl -m %s -f %s/missing.txt", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"), tu_tmpdir());
+	assert_int_equal(run(cmd, NULL), 2);
+	snprintf(cmd, sizeof(cmd), "%s --help", bin);
+	assert_int_equal(run(cmd, NULL), 0);
+	snprintf(cmd, sizeof(cmd), "%s ppl --help", bin);
+	assert_int_equal(run(cmd, NULL), 0);
+}
+
+static void test_info_json(void **s)
+{
+	(void)s;
+	char cmd[2048], *out;
+	snprintf(cmd, sizeof(cmd), "%s info -m %s --json", bin, tu_shared("models/debdoc-19m-hf"));
+	assert_int_equal(run(cmd, &out), 0);
+	json_error_t je;
+	json_t *j = json_loads(out, 0, &je);
+	assert_non_null(j);
+	json_t *c = json_object_get(j, "config"), *rc = json_object_get(refs, "config");
+	const char *keys[] = { "vocab", "dim", "n_layers", "n_heads", "n_kv_heads", "hidden", "ctx" };
+	for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+		assert_int_equal(json_integer_value(json_object_get(c, keys[i])),
+				 json_integer_value(json_object_get(rc, keys[i])));
+	assert_int_equal(json_integer_value(json_object_get(j, "params")),
+			 json_integer_value(json_object_get(refs, "params")));
+	assert_string_equal(json_string_value(json_object_get(c, "rope")), "neox");
+	json_decref(j);
+	free(out);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_info_json),
+		cmocka_unit_test(test_logits_gguf),
+		cmocka_unit_test(test_logits_hf),
+		cmocka_unit_test(test_generate_greedy),
+		cmocka_unit_test(test_ppl_gguf),
+		cmocka_unit_test(test_ppl_hf),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}
