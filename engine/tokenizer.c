@@ -564,9 +564,9 @@ static int emit_one(enc *e, uint32_t start, uint32_t len, int32_t id, qs_error *
 	if (v->has_bytes) {
 		for (uint32_t i = 0; i < len; i++)
 			e->out[e->n_out++] = v->byte_id[(unsigned char)e->norm[start + i]];
-	} else if (v->unk >= 0) {
+	} else if (v->unk >= 0 || id >= 0) {
 		if (!e->prev_unk) /* a run of unknown symbols is one <unk> */
-			e->out[e->n_out++] = v->unk;
+			e->out[e->n_out++] = v->unk >= 0 ? v->unk : id;
 	} else {
 		char q[200];
 		return qs_err(err, QS_EFORMAT,
