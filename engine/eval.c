@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "../kernels/ops.h"
@@ -47,7 +48,7 @@ int eval_ppl(const model *m, const int *tokens, size_t n_tokens, const eval_ppl_
 	const int per = ctx - 1 - first; /* = ctx/2 targets at positions ctx/2..ctx-1 */
 	fwd_ctx *f = fwd_new(m, batch, ctx, err);
 	int *toks = malloc(sizeof(int) * (size_t)batch * ctx);
-	float *logits = malloc(sizeof(float) * (size_t)batch * (ctx - first) * V);
+	float *logits = malloc(sizeof(float) * (size_t)batch * per * V);
 	int rc = 0;
 	if (!f || !toks || !logits) {
 		rc = f ? qs_err(err, QS_ENOMEM, "ppl: out of memory") : (err ? err->code : QS_ENOMEM);
@@ -63,14 +64,17 @@ int eval_ppl(const model *m, const int *tokens, size_t n_tokens, const eval_ppl_
 				toks[b * ctx + j] = src[j];
 			toks[b * ctx] = bos;
 		}
-		if ((rc = fwd_prefill(f, toks, nb, ctx, first, logits, err)))
+		/* the last token of a chunk is only a target: run ctx - 1 positions */
+		for (int b = 1; b < nb; b++)
+			memmove(toks + b * (ctx - 1), toks + b * ctx, sizeof(int) * (size_t)(ctx - 1));
+		if ((rc = fwd_prefill(f, toks, nb, ctx - 1, first, logits, err)))
 			goto done;
 		for (int b = 0; b < nb; b++) {
 			const int *src = tokens + (size_t)(c0 + b) * ctx;
 			double cs = 0, cs2 = 0;
 #pragma omp parallel for reduction(+ : cs, cs2) schedule(static)
 			for (int j = 0; j < per; j++) {
-				const float *row = logits + ((size_t)b * (ctx - first) + j) * V;
+				const float *row = logits + ((size_t)b * per + j) * V;
 				double v = kn_logsumexp(row, V) - row[src[first + j + 1]];
 				cs += v;
 				cs2 += v * v;
@@ -93,7 +97,7 @@ int eval_ppl(const model *m, const int *tokens, size_t n_tokens, const eval_ppl_
 	r->scored = count;
 	r->tokens = (long)n_chunks * ctx;
 	r->seconds = now_s() - t0;
-	r->gflop = eval_flops(&m->cfg, n_chunks, ctx, ctx - first) * 1e-9;
+	r->gflop = eval_flops(&m->cfg, n_chunks, ctx - 1, per) * 1e-9;
 done:
 	fwd_free(f);
 	free(toks);

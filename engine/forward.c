@@ -299,10 +299,8 @@ int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_
 		to_f32(ly->w_up, f->w + (size_t)H * D);
 		gemm((int)N, 2 * H, D, f->xn, f->w, f->gu);
 #pragma omp parallel for schedule(static)
-		for (long i = 0; i < N; i++) {
-			memcpy(f->h + i * H, f->gu + i * 2 * H, sizeof(float) * H);
-			kn_silu_mul(f->h + i * H, f->gu + i * 2 * H + H, (size_t)H);
-		}
+		for (long i = 0; i < N; i++)
+			kn_swiglu(f->h + i * H, f->gu + i * 2 * H, f->gu + i * 2 * H + H, (size_t)H);
 		if ((rc = capture(f, l, FWD_SITE_FFN_DOWN, f->h, (int)N, H, err)))
 			return rc;
 		to_f32(ly->w_down, f->w);
@@ -398,7 +396,7 @@ int fwd_decode(fwd_ctx *f, int token, int pos, float *logits, qs_error *err)
 		kn_rmsnorm(xn, x, f->ffn_norm + (size_t)l * D, D, c->eps);
 		matvec(ly->w_gate, xn, g);
 		matvec(ly->w_up, xn, u);
-		kn_silu_mul(g, u, (size_t)H);
+		kn_swiglu(g, g, u, (size_t)H);
 		matvec(ly->w_down, g, o);
 		for (int j = 0; j < D; j++)
 			x[j] += o[j];

@@ -113,7 +113,7 @@ static float softmax_avx512(float *x, int n)
 }
 
 __attribute__((target("avx512f")))
-static void silu_mul_avx512(float *g, const float *u, size_t n)
+static void swiglu_avx512(float *y, const float *g, const float *u, size_t n)
 {
 	size_t i = 0;
 	const __m512 one = _mm512_set1_ps(1.0f);
@@ -121,10 +121,10 @@ static void silu_mul_avx512(float *g, const float *u, size_t n)
 		__m512 x = _mm512_loadu_ps(g + i);
 		__m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), x));
 		__m512 s = _mm512_div_ps(x, _mm512_add_ps(one, e));
-		_mm512_storeu_ps(g + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
+		_mm512_storeu_ps(y + i, _mm512_mul_ps(s, _mm512_loadu_ps(u + i)));
 	}
 	for (; i < n; i++)
-		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+		y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
 }
 
 __attribute__((target("avx512f")))
@@ -173,16 +173,21 @@ void kn_softmax(float *x, int n)
 		x[i] *= inv;
 }
 
-void kn_silu_mul(float *g, const float *u, size_t n)
+void kn_swiglu_ref(float *y, const float *g, const float *u, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+void kn_swiglu(float *y, const float *g, const float *u, size_t n)
 {
 #if HAVE_X86
 	if (cpu_avx512()) {
-		silu_mul_avx512(g, u, n);
+		swiglu_avx512(y, g, u, n);
 		return;
 	}
 #endif
-	for (size_t i = 0; i < n; i++)
-		g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+	kn_swiglu_ref(y, g, u, n);
 }
 
 double kn_logsumexp(const float *x, int n)
@@ -206,9 +211,11 @@ double kn_logsumexp(const float *x, int n)
 void kn_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
 {
 	float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
 	for (int i = 0; i < n; i++)
 		ss += x[i] * x[i];
 	float inv = 1.0f / sqrtf(ss / (float)n + eps);
+#pragma omp simd
 	for (int i = 0; i < n; i++)
 		y[i] = x[i] * inv * w[i];
 }
@@ -217,6 +224,7 @@ void kn_rope(float *x, const float *cs, int hd, int style)
 {
 	int half = hd / 2;
 	if (style == 0) {
+#pragma omp simd
 		for (int i = 0; i < half; i++) {
 			float c = cs[2 * i], s = cs[2 * i + 1];
 			float a = x[2 * i], b = x[2 * i + 1];
@@ -224,6 +232,7 @@ void kn_rope(float *x, const float *cs, int hd, int style)
 			x[2 * i + 1] = a * s + b * c;
 		}
 	} else {
+#pragma omp simd
 		for (int i = 0; i < half; i++) {
 			float c = cs[2 * i], s = cs[2 * i + 1];
 			float a = x[i], b = x[i + half];

@@ -17,8 +17,9 @@ void kn_rope(float *x, const float *cs /* (hd/2, 2) */, int hd, int style);
 /* In place: x = softmax(x) over n entries. */
 void kn_softmax(float *x, int n);
 
-/* g[i] = silu(g[i]) * u[i] */
-void kn_silu_mul(float *g, const float *u, size_t n);
+/* y[i] = silu(g[i]) * u[i] = g[i] / (1 + exp(-g[i])) * u[i]; y may alias g. */
+void kn_swiglu(float *y, const float *g, const float *u, size_t n);
+void kn_swiglu_ref(float *y, const float *g, const float *u, size_t n);
 
 /* exp of n floats, vectorised (max rel. error ~2e-7 over the float range). */
 void kn_exp(float *y, const float *x, size_t n);

@@ -1,5 +1,6 @@
 #include "types.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -29,7 +30,7 @@ void kn_quantize_row_q4_0_ref(const float *x, block_q4_0 *y, size_t n)
 void kn_quantize_row_q4_1_ref(const float *x, block_q4_1 *y, size_t n)
 {
 	for (size_t b = 0; b < n / QK4_1; b++, x += QK4_1) {
-		float min = INFINITY, max = -INFINITY;
+		float min = FLT_MAX, max = -FLT_MAX; /* as ggml: differs from +-INFINITY on inf blocks */
 		for (int j = 0; j < QK4_1; j++) {
 			if (x[j] < min) min = x[j];
 			if (x[j] > max) max = x[j];
@@ -52,9 +53,10 @@ void kn_quantize_row_q8_0_ref(const float *x, block_q8_0 *y, size_t n)
 {
 	for (size_t b = 0; b < n / QK8_0; b++, x += QK8_0) {
 		float amax = 0.0f;
-		for (int j = 0; j < QK8_0; j++)
-			if (fabsf(x[j]) > amax)
-				amax = fabsf(x[j]);
+		for (int j = 0; j < QK8_0; j++) {
+			const float a = fabsf(x[j]);
+			amax = amax > a ? amax : a; /* ggml's MAX(): same NaN behaviour too */
+		}
 		const float d = amax / 127;
 		const float id = d ? 1.0f / d : 0.0f;
 		y[b].d = kn_fp32_to_fp16_ref(d);
