@@ -9,10 +9,16 @@
 #include "gguf.h"
 #include "model.h"
 
-static const char *base_name(const char *p)
+/* Make sure a message from another module (the tokenizer builds its messages
+ * without the file name) names the file. */
+static int name_file(qs_error *err, const char *path, int rc)
 {
-	const char *s = strrchr(p, '/');
-	return s ? s + 1 : p;
+	if (err && !strstr(err->msg, path)) {
+		char m[sizeof(err->msg)];
+		snprintf(m, sizeof(m), "%s", err->msg);
+		qs_err(err, rc, "%s: %s", path, m);
+	}
+	return rc;
 }
 
 /* s (n bytes from the file) made fit for a one-line message: printable ASCII
@@ -109,14 +115,15 @@ static int load_vocab(gguf_file *g, model *m, qs_error *err)
 			      path, (unsigned long long)n);
 	tok_vocab *v = tok_new((int)n, err);
 	if (!v)
-		return err ? err->code : QS_ENOMEM;
+		return name_file(err, path, err && err->code ? err->code : QS_ENOMEM);
 	m->tok = v;
 	for (uint64_t j = 0; j < n; j++) {
 		gguf_str s = gguf_arr_str(g, ti, j);
 		float score = si >= 0 ? (float)gguf_arr_f64(g, si, j) : 0.0f;
 		int type = yi >= 0 ? (int)gguf_arr_i64(g, yi, j) : TOK_NORMAL;
-		if (tok_set(v, (int)j, s.s, (size_t)s.len, score, type, err))
-			return QS_EFORMAT;
+		int rc = tok_set(v, (int)j, s.s, (size_t)s.len, score, type, err);
+		if (rc)
+			return name_file(err, path, rc);
 	}
 	int64_t bos = -1, eos = -1, unk = -1;
 	int adp = 1;
@@ -138,7 +145,8 @@ static int load_vocab(gguf_file *g, model *m, qs_error *err)
 		if (ids[i] < -1 || ids[i] >= (int64_t)n)
 			return qs_err(err, QS_EFORMAT, "%s: tokenizer.ggml.%s = %lld out of range",
 				      path, nm[i], (long long)ids[i]);
-	return tok_finish(v, (int)bos, (int)eos, (int)unk, adp, base_name(path), err);
+	int rc = tok_finish(v, (int)bos, (int)eos, (int)unk, adp, path, err);
+	return rc ? name_file(err, path, rc) : 0;
 }
 
 int model_load_gguf(const char *path, model **out, qs_error *err)
