@@ -40,7 +40,11 @@ static int g_threads;
 
 void fwd_set_threads(int n)
 {
-	if (n <= 0)
+	if (n <= 0) {
+		const char *e = getenv("QSCOPE_THREADS");
+		n = e ? atoi(e) : 0;
+	}
+	if (n <= 0 || n > 4096)
 		n = omp_get_num_procs();
 	g_threads = n;
 	omp_set_num_threads(n);

@@ -35,7 +35,7 @@ void fwd_free(fwd_ctx *f);
 
 void fwd_set_capture(fwd_ctx *f, fwd_capture_fn fn, void *user);
 
-/* Threads for OpenMP loops and OpenBLAS (0: all cores). */
+/* Threads for OpenMP loops and OpenBLAS (0: $QSCOPE_THREADS, else all cores). */
 void fwd_set_threads(int n);
 int fwd_threads(void);
 

@@ -255,7 +255,15 @@ int model_open(const char *path, const model_open_opts *opts, model **out, qs_er
 		return qs_err(err, QS_EIO, "%s: no such file or directory", path);
 	if (S_ISDIR(st.st_mode))
 		return model_load_hf(path, out, err);
-	if (has_suffix(path, ".bin"))
+	/* the GGUF magic wins over the file name */
+	char magic[4] = { 0 };
+	FILE *f = fopen(path, "rb");
+	if (f) {
+		if (fread(magic, 1, 4, f) != 4)
+			memset(magic, 0, 4);
+		fclose(f);
+	}
+	if (memcmp(magic, "GGUF", 4) != 0 && has_suffix(path, ".bin"))
 		return model_load_llama2c(path, opts ? opts->tokenizer_path : NULL, out, err);
 	return model_load_gguf(path, out, err);
 }

@@ -81,7 +81,8 @@ typedef struct model_open_opts {
 } model_open_opts;
 
 /* Open a .gguf file, a Hugging Face folder, or a llama2.c .bin checkpoint
- * (detected from the path). On success *out owns everything; free with
+ * (a directory is a HF folder; a file starting with the GGUF magic is GGUF;
+ * otherwise a .bin is llama2.c and anything else is read as GGUF). On success *out owns everything; free with
  * model_free. */
 int model_open(const char *path, const model_open_opts *opts, model **out, qs_error *err);
 void model_free(model *m);

@@ -277,12 +277,91 @@ static void test_ppl_first_chunks(void **s)
 	model_free(m);
 }
 
+/* The capture hook sees every linear layer's input with the right shape, in
+ * order; the first one equals RMSNorm(embedding) computed here in double; a
+ * nonzero return cancels the pass. */
+typedef struct cap_log {
+	int calls, cancel_at;
+	int layer[64], site[64], rows[64], cols[64];
+	double first_err;
+	const model *m;
+} cap_log;
+
+static int on_capture(void *user, int layer, int site, const float *x, int rows, int cols)
+{
+	cap_log *c = user;
+	if (c->calls < 64) {
+		c->layer[c->calls] = layer;
+		c->site[c->calls] = site;
+		c->rows[c->calls] = rows;
+		c->cols[c->calls] = cols;
+	}
+	if (c->calls == 0) {
+		/* row 1 of sequence 0 is token ref_ids[1] */
+		const model_tensor *e = c->m->tok_embd, *nw = c->m->layers[0].attn_norm;
+		float emb[384], w[384];
+		kn_traits(e->type)->to_float((const char *)e->data +
+						     kn_row_size(e->type, 384) * (size_t)ref_ids[1],
+					     emb, 384);
+		kn_traits(nw->type)->to_float(nw->data, w, 384);
+		double ss = 0, worst = 0;
+		for (int i = 0; i < 384; i++)
+			ss += (double)emb[i] * emb[i];
+		double inv = 1 / sqrt(ss / 384 + 1e-5);
+		for (int i = 0; i < 384; i++) {
+			double d = fabs(x[384 + i] - emb[i] * inv * w[i]);
+			worst = d > worst ? d : worst;
+		}
+		c->first_err = worst;
+	}
+	return ++c->calls == c->cancel_at;
+}
+
+static void test_capture_hook(void **s)
+{
+	(void)s;
+	model *m = open_or_fail(tu_shared("models/debdoc-19m-f16.gguf"));
+	qs_error err = { 0 };
+	fwd_ctx *f = fwd_new(m, 2, 16, &err);
+	cap_log c = { .m = m, .cancel_at = -1 };
+	fwd_set_capture(f, on_capture, &c);
+	int toks[32];
+	for (int i = 0; i < 32; i++)
+		toks[i] = ref_ids[i % 16];
+	float *lg = malloc(sizeof(float) * 16 * 8192);
+	assert_int_equal(fwd_prefill(f, toks, 2, 16, 12, lg, &err), 0);
+	assert_int_equal(c.calls, 8 * 4 + 1);
+	const int want_cols[4] = { 384, 384, 384, 1024 };
+	for (int k = 0; k < 32; k++) {
+		assert_int_equal(c.layer[k], k / 4);
+		assert_int_equal(c.site[k], k % 4);
+		assert_int_equal(c.rows[k], 32);
+		assert_int_equal(c.cols[k], want_cols[k % 4]);
+	}
+	assert_int_equal(c.layer[32], -1);
+	assert_int_equal(c.site[32], FWD_SITE_OUTPUT);
+	assert_int_equal(c.rows[32], 2 * 4); /* only the positions with logits */
+	assert_true(c.first_err < 1e-5);
+	/* cancel in the middle */
+	cap_log c2 = { .m = m, .cancel_at = 7 };
+	fwd_set_capture(f, on_capture, &c2);
+	assert_int_equal(fwd_prefill(f, toks, 2, 16, 12, lg, &err), QS_ECANCEL);
+	assert_int_equal(c2.calls, 7);
+	/* without the hook the context is still usable */
+	fwd_set_capture(f, NULL, NULL);
+	assert_int_equal(fwd_prefill(f, toks, 1, 16, 0, lg, &err), 0);
+	free(lg);
+	fwd_free(f);
+	model_free(m);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_gguf_logits),
 		cmocka_unit_test(test_hf_logits),
 		cmocka_unit_test(test_batch_independent),
+		cmocka_unit_test(test_capture_hook),
 		cmocka_unit_test(test_greedy),
 		cmocka_unit_test(test_q8_0),
 		cmocka_unit_test(test_q4_0),
