@@ -108,32 +108,6 @@ static int get_str(cur *c, gguf_str *s, const char *what)
 	return 0;
 }
 
-/* s (n bytes, from the file) made fit for a one-line message: printable ASCII
- * kept, other bytes (newline, NUL, UTF-8) written as \xNN, long text cut with
- * "...". cap >= 12. */
-static const char *printable(char *buf, size_t cap, const char *s, uint64_t n)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
-	uint64_t i = 0;
-	for (; i < n && i < 100 && o + 8 < cap; i++) {
-		unsigned char ch = (unsigned char)s[i];
-		if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
-			buf[o++] = (char)ch;
-		} else {
-			buf[o++] = '\\';
-			buf[o++] = 'x';
-			buf[o++] = hex[ch >> 4];
-			buf[o++] = hex[ch & 15];
-		}
-	}
-	if (i < n) {
-		memcpy(buf + o, "...", 3);
-		o += 3;
-	}
-	buf[o] = 0;
-	return buf;
-}
 
 static int str_eq(gguf_str a, const char *b)
 {
@@ -283,7 +257,7 @@ static int parse(gguf_file *g, qs_error *err)
 		snprintf(what, sizeof(what), "key %llu", (unsigned long long)i);
 		if (get_str(&c, &k->key, what))
 			return QS_EFORMAT;
-		printable(pr, sizeof(pr), k->key.s, k->key.len);
+		qs_printable(pr, sizeof(pr), k->key.s, k->key.len, 100);
 		if (k->key.len == 0)
 			return qs_err(err, QS_EFORMAT, "%s: key %llu is empty", g->path,
 				      (unsigned long long)i);
@@ -314,7 +288,7 @@ static int parse(gguf_file *g, qs_error *err)
 		return qs_err(err, QS_ENOMEM, "%s: out of memory", g->path);
 	if (dup)
 		return qs_err(err, QS_EFORMAT, "%s: duplicate key '%s'", g->path,
-			      printable(pr, sizeof(pr), dup->s, dup->len));
+			      qs_printable(pr, sizeof(pr), dup->s, dup->len, 100));
 
 	for (uint64_t i = 0; i < n_tensors; i++) {
 		gguf_tensor_info *t = &g->tensors[i];
@@ -322,7 +296,7 @@ static int parse(gguf_file *g, qs_error *err)
 		snprintf(what, sizeof(what), "tensor info %llu", (unsigned long long)i);
 		if (get_str(&c, &t->name, what))
 			return QS_EFORMAT;
-		const char *name = printable(pr, sizeof(pr), t->name.s, t->name.len);
+		const char *name = qs_printable(pr, sizeof(pr), t->name.s, t->name.len, 100);
 		if (t->name.len == 0 || t->name.len >= 64 || memchr(t->name.s, 0, t->name.len))
 			return qs_err(err, QS_EFORMAT,
 				      "%s: tensor %llu: bad name '%s' (empty, NUL or >= 64 bytes)",
@@ -369,7 +343,7 @@ static int parse(gguf_file *g, qs_error *err)
 		return qs_err(err, QS_ENOMEM, "%s: out of memory", g->path);
 	if (dup)
 		return qs_err(err, QS_EFORMAT, "%s: duplicate tensor '%s'", g->path,
-			      printable(pr, sizeof(pr), dup->s, dup->len));
+			      qs_printable(pr, sizeof(pr), dup->s, dup->len, 100));
 
 	/* data section starts at the next multiple of the alignment */
 	size_t hdr = (size_t)(c.p - g->map.data);
@@ -384,7 +358,7 @@ static int parse(gguf_file *g, qs_error *err)
 		if (__builtin_add_overflow(t->offset, (uint64_t)t->nbytes, &end) || end > avail)
 			return qs_err(err, QS_EFORMAT,
 				      "%s: tensor '%s': data [%llu, +%zu) past end of data section (%zu bytes)",
-				      g->path, printable(pr, sizeof(pr), t->name.s, t->name.len),
+				      g->path, qs_printable(pr, sizeof(pr), t->name.s, t->name.len, 100),
 				      (unsigned long long)t->offset, t->nbytes, avail);
 		t->data = g->map.data + data_start + t->offset;
 	}
@@ -401,10 +375,8 @@ static int parse(gguf_file *g, qs_error *err)
 				char pr2[128];
 				int rc = qs_err(err, QS_EFORMAT, "%s: tensors '%s' and '%s' overlap",
 						g->path,
-						printable(pr, sizeof(pr), s[i - 1]->name.s,
-							  s[i - 1]->name.len),
-						printable(pr2, sizeof(pr2), s[i]->name.s,
-							  s[i]->name.len));
+						qs_printable(pr, sizeof(pr), s[i - 1]->name.s, s[i - 1]->name.len, 100),
+						qs_printable(pr2, sizeof(pr2), s[i]->name.s, s[i]->name.len, 100));
 				free(s);
 				return rc;
 			}

@@ -21,31 +21,6 @@ static int name_file(qs_error *err, const char *path, int rc)
 	return rc;
 }
 
-/* s (n bytes from the file) made fit for a one-line message: printable ASCII
- * kept, other bytes as \xNN, cut at 64 bytes (longer than any tensor name). */
-static const char *printable(char *buf, size_t cap, const char *s, uint64_t n)
-{
-	static const char hex[] = "0123456789abcdef";
-	size_t o = 0;
-	uint64_t i = 0;
-	for (; i < n && i < 64 && o + 8 < cap; i++) {
-		unsigned char ch = (unsigned char)s[i];
-		if (ch >= 0x20 && ch < 0x7f && ch != '\\') {
-			buf[o++] = (char)ch;
-		} else {
-			buf[o++] = '\\';
-			buf[o++] = 'x';
-			buf[o++] = hex[ch >> 4];
-			buf[o++] = hex[ch & 15];
-		}
-	}
-	if (i < n) {
-		memcpy(buf + o, "...", 3);
-		o += 3;
-	}
-	buf[o] = 0;
-	return buf;
-}
 
 static int str_is(gguf_str a, const char *b)
 {
@@ -93,7 +68,7 @@ static int load_vocab(gguf_file *g, model *m, qs_error *err)
 	if (!str_is(tm, "llama"))
 		return qs_err(err, QS_EUNSUPP,
 			      "%s: tokenizer.ggml.model '%s' not supported yet (only 'llama' sentencepiece)",
-			      path, printable(pr, sizeof(pr), tm.s, tm.len));
+			      path, qs_printable(pr, sizeof(pr), tm.s, tm.len, 64));
 	int ti = gguf_find_key(g, "tokenizer.ggml.tokens");
 	if (ti < 0)
 		return qs_err(err, QS_EFORMAT, "%s: missing key 'tokenizer.ggml.tokens'", path);
@@ -174,7 +149,7 @@ int model_load_gguf(const char *path, model **out, qs_error *err)
 	if (!arch) {
 		char pr[192];
 		rc = qs_err(err, QS_EUNSUPP, "%s: general.architecture '%s' not supported (llama, mistral, qwen2)",
-			    path, printable(pr, sizeof(pr), a.s, a.len));
+			    path, qs_printable(pr, sizeof(pr), a.s, a.len, 64));
 		goto fail;
 	}
 	snprintf(c->arch, sizeof(c->arch), "%s", arch);
@@ -215,7 +190,7 @@ int model_load_gguf(const char *path, model **out, qs_error *err)
 		if (!str_is(st, "none")) {
 			char pr[192];
 			rc = qs_err(err, QS_EUNSUPP, "%s: %s '%s' not supported", path, sk,
-				    printable(pr, sizeof(pr), st.s, st.len));
+				    qs_printable(pr, sizeof(pr), st.s, st.len, 64));
 			goto fail;
 		}
 	}
@@ -226,7 +201,7 @@ int model_load_gguf(const char *path, model **out, qs_error *err)
 		if (strcmp(name, "rope_freqs.weight") == 0)
 			continue; /* precomputed frequencies; we compute our own */
 		/* names come from the file: only printable ones reach model messages */
-		printable(pr, sizeof(pr), t->name.s, t->name.len);
+		qs_printable(pr, sizeof(pr), t->name.s, t->name.len, 64);
 		if (strcmp(pr, name) != 0) {
 			rc = qs_err(err, QS_EFORMAT, "%s: tensor '%s': name is not printable ascii",
 				    path, pr);

@@ -28,20 +28,6 @@ static int join(char *buf, const char *dir, const char *file, qs_error *err)
 	return 0;
 }
 
-/* Untrusted text fit for a one-line message: control bytes become '?',
- * long text is cut. */
-static const char *clean(char *buf, size_t cap, const char *s)
-{
-	size_t i = 0, lim = cap > 4 ? cap - 4 : 0;
-	for (; s[i] && i < lim; i++)
-		buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
-	if (s[i] && cap >= 4) {
-		memcpy(buf + i, "...", 3);
-		i += 3;
-	}
-	buf[i] = 0;
-	return buf;
-}
 
 static int exists(const char *path)
 {
@@ -64,7 +50,7 @@ static int load_json(const char *path, json_t **out, qs_error *err)
 	if (!j) {
 		char t[160];
 		return qs_err(err, QS_EFORMAT, "%s: invalid json: %s (line %d, column %d)", path,
-			      clean(t, sizeof(t), je.text), je.line, je.column);
+			      qs_printz(t, sizeof(t), je.text), je.line, je.column);
 	}
 	if (!json_is_object(j)) {
 		json_decref(j);
@@ -153,7 +139,7 @@ static int load_config(const char *dir, model_config *cfg, qs_error *err)
 	if (a == sizeof(archs) / sizeof(archs[0])) {
 		rc = qs_err(err, QS_EUNSUPP,
 			    "%s: model_type '%s' is not supported (want llama, mistral or qwen2)",
-			    path, clean(t, sizeof(t), arch));
+			    path, qs_printz(t, sizeof(t), arch));
 		goto out;
 	}
 	snprintf(cfg->arch, sizeof(cfg->arch), "%s", archs[a]);
@@ -166,7 +152,7 @@ static int load_config(const char *dir, model_config *cfg, qs_error *err)
 	}
 	if (act && strcmp(json_string_value(act), "silu")) {
 		rc = qs_err(err, QS_EUNSUPP, "%s: hidden_act '%s' is not supported (want silu)",
-			    path, clean(t, sizeof(t), json_string_value(act)));
+			    path, qs_printz(t, sizeof(t), json_string_value(act)));
 		goto out;
 	}
 	json_t *rs = json_object_get(c, "rope_scaling");
@@ -369,7 +355,7 @@ static int load_sharded(model *m, const char *dir, const char *index, qs_error *
 	char k[112], fn[112];
 	json_object_foreach(wm, key, v) {
 		const char *file = json_string_value(v);
-		clean(k, sizeof(k), key);
+		qs_printz(k, sizeof(k), key);
 		if (!file) {
 			rc = qs_err(err, QS_EFORMAT, "%s: weight_map '%s' is not a string", index, k);
 			goto out;
@@ -382,7 +368,7 @@ static int load_sharded(model *m, const char *dir, const char *index, qs_error *
 			if (!*file || strchr(file, '/') || strstr(file, "..")) {
 				rc = qs_err(err, QS_EFORMAT,
 					    "%s: weight_map '%s': bad shard file name '%s'", index, k,
-					    clean(fn, sizeof(fn), file));
+					    qs_printz(fn, sizeof(fn), file));
 				goto out;
 			}
 			sh[n_sh].name = file;

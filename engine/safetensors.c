@@ -28,20 +28,6 @@ static const struct st_dtype {
 	{ "BF16", KN_TYPE_BF16, 2 },
 };
 
-/* A piece of untrusted text fit for a one-line message: control bytes become
- * '?', long text is cut. */
-static const char *clean(char *buf, size_t cap, const char *s)
-{
-	size_t i = 0, lim = cap > 4 ? cap - 4 : 0;
-	for (; s[i] && i < lim; i++)
-		buf[i] = ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ? '?' : s[i];
-	if (s[i] && cap >= 4) {
-		memcpy(buf + i, "...", 3);
-		i += 3;
-	}
-	buf[i] = 0;
-	return buf;
-}
 
 static const struct st_dtype *find_dtype(const char *s)
 {
@@ -57,7 +43,7 @@ static int parse_entry(const char *path, const char *name, json_t *e, const unsi
 		       size_t data_size, st_tensor *t, size_t *begin, qs_error *err)
 {
 	char nm[112], tmp[64];
-	clean(nm, sizeof(nm), name);
+	qs_printz(nm, sizeof(nm), name);
 	if (!*name)
 		return qs_err(err, QS_EFORMAT, "%s: tensor with an empty name", path);
 	if (!json_is_object(e))
@@ -72,7 +58,7 @@ static int parse_entry(const char *path, const char *name, json_t *e, const unsi
 	if (!d)
 		return qs_err(err, QS_EUNSUPP,
 			      "%s: tensor '%s': unsupported dtype '%s' (want F32, F16 or BF16)",
-			      path, nm, clean(tmp, sizeof(tmp), json_string_value(dt)));
+			      path, nm, qs_printz(tmp, sizeof(tmp), json_string_value(dt)));
 
 	json_t *sh = json_object_get(e, "shape");
 	if (!sh)
@@ -183,7 +169,7 @@ static int parse(st_file *f, qs_error *err)
 	f->root = json_loadb((const char *)p + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &je);
 	if (!f->root)
 		return qs_err(err, QS_EFORMAT, "%s: header: invalid json: %s (column %d)", path,
-			      clean(tmp, sizeof(tmp), je.text), je.column);
+			      qs_printz(tmp, sizeof(tmp), je.text), je.column);
 	if (!json_is_object(f->root))
 		return qs_err(err, QS_EFORMAT, "%s: header is not a json object", path);
 
@@ -198,7 +184,7 @@ static int parse(st_file *f, qs_error *err)
 		json_object_foreach(f->meta, k, v) {
 			if (!json_is_string(v))
 				return qs_err(err, QS_EFORMAT, "%s: __metadata__ '%s' is not a string",
-					      path, clean(tmp, sizeof(tmp), k));
+					      path, qs_printz(tmp, sizeof(tmp), k));
 		}
 	}
 	if (n > (size_t)1 << 24)
@@ -236,8 +222,8 @@ static int parse(st_file *f, qs_error *err)
 			char a[112];
 			rc = qs_err(err, QS_EFORMAT,
 				    "%s: tensors '%s' and '%s' overlap (data_offsets %zu < %zu)", path,
-				    clean(a, sizeof(a), f->t[sp[prev].idx].name),
-				    clean(tmp, sizeof(tmp), f->t[sp[i].idx].name), sp[i].begin,
+				    qs_printz(a, sizeof(a), f->t[sp[prev].idx].name),
+				    qs_printz(tmp, sizeof(tmp), f->t[sp[i].idx].name), sp[i].begin,
 				    sp[prev].end);
 			goto out;
 		}
