@@ -212,18 +212,20 @@ static void rmsnorm_rows(float *y, const float *x, const float *w, long rows, in
 		kn_rmsnorm(y + r * n, x + r * n, w, n, eps);
 }
 
-int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_from,
-		float *logits, qs_error *err)
+static int check_batch(const fwd_ctx *f, int n_seq, int n_tok, qs_error *err)
 {
-	const model *m = f->m;
-	const model_config *c = &f->c;
-	if (n_seq < 1 || n_seq > f->max_seqs || n_tok < 1 || n_tok > f->max_len ||
-	    logits_from < 0 || logits_from >= n_tok)
-		return qs_err(err, QS_EUSAGE, "forward: batch %d x %d (from %d) exceeds %d x %d",
-			      n_seq, n_tok, logits_from, f->max_seqs, f->max_len);
-	const int D = c->dim, H = c->hidden, hd = c->head_dim, L = c->n_layers;
-	const int qd = f->qd, kvd = f->kvd, qw = f->qkv_w, V = c->vocab;
-	const int grp = c->n_heads / c->n_kv_heads;
+	if (n_seq < 1 || n_seq > f->max_seqs || n_tok < 1 || n_tok > f->max_len)
+		return qs_err(err, QS_EUSAGE, "forward: batch %d x %d exceeds %d x %d", n_seq, n_tok,
+			      f->max_seqs, f->max_len);
+	return 0;
+}
+
+int fwd_embed(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, qs_error *err)
+{
+	const int D = f->c.dim, V = f->c.vocab;
+	int rc = check_batch(f, n_seq, n_tok, err);
+	if (rc)
+		return rc;
 	const long N = (long)n_seq * n_tok;
 	for (long i = 0; i < N; i++)
 		if (tokens[i] < 0 || tokens[i] >= V)
@@ -231,11 +233,39 @@ int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_
 				      tokens[i], V);
 #pragma omp parallel for schedule(static)
 	for (long i = 0; i < N; i++)
-		embed_row(m->tok_embd, tokens[i], f->x + i * D);
+		embed_row(f->m->tok_embd, tokens[i], f->x + i * D);
+	return 0;
+}
 
+float *fwd_hidden(fwd_ctx *f) { return f->x; }
+
+int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_from,
+		float *logits, qs_error *err)
+{
+	int rc;
+	if ((rc = fwd_embed(f, tokens, n_seq, n_tok, err)) ||
+	    (rc = fwd_layers(f, n_seq, n_tok, 0, f->c.n_layers, err)))
+		return rc;
+	return fwd_head(f, n_seq, n_tok, logits_from, logits, err);
+}
+
+int fwd_layers(fwd_ctx *f, int n_seq, int n_tok, int l0, int l1, qs_error *err)
+{
+	const model *m = f->m;
+	const model_config *c = &f->c;
+	int rc0 = check_batch(f, n_seq, n_tok, err);
+	if (rc0)
+		return rc0;
+	if (l0 < 0 || l1 > c->n_layers || l0 > l1)
+		return qs_err(err, QS_EUSAGE, "forward: layers [%d, %d) outside [0, %d)", l0, l1,
+			      c->n_layers);
+	const int D = c->dim, H = c->hidden, hd = c->head_dim;
+	const int qd = f->qd, kvd = f->kvd, qw = f->qkv_w;
+	const int grp = c->n_heads / c->n_kv_heads;
+	const long N = (long)n_seq * n_tok;
 	const float scale = 1.0f / sqrtf((float)hd);
 	const int nqb = (n_tok + QBLOCK - 1) / QBLOCK;
-	for (int l = 0; l < L; l++) {
+	for (int l = l0; l < l1; l++) {
 		const model_layer *ly = &m->layers[l];
 		int rc;
 		/* attention */
@@ -311,6 +341,19 @@ int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, D, H, 1.0f, f->h, H,
 			    f->w, H, 1.0f, f->x, D);
 	}
+	return 0;
+}
+
+int fwd_head(fwd_ctx *f, int n_seq, int n_tok, int logits_from, float *logits, qs_error *err)
+{
+	const model_config *c = &f->c;
+	const int D = c->dim, V = c->vocab;
+	int rc = check_batch(f, n_seq, n_tok, err);
+	if (rc)
+		return rc;
+	if (logits_from < 0 || logits_from >= n_tok)
+		return qs_err(err, QS_EUSAGE, "forward: logits from position %d of %d", logits_from,
+			      n_tok);
 	/* output head on the requested positions only */
 	const int per = n_tok - logits_from;
 	const long R = (long)n_seq * per;
@@ -319,11 +362,10 @@ int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_
 		long src = (r / per) * n_tok + logits_from + r % per;
 		kn_rmsnorm(f->xn + r * D, f->x + src * D, f->out_norm, D, c->eps);
 	}
-	int rc;
 	if ((rc = capture(f, -1, FWD_SITE_OUTPUT, f->xn, (int)R, D, err)))
 		return rc;
 	if (logits) {
-		to_f32(m->output, f->w);
+		to_f32(f->m->output, f->w);
 		gemm((int)R, V, D, f->xn, f->w, logits);
 	}
 	return 0;

@@ -46,6 +46,17 @@ int fwd_threads(void);
 int fwd_prefill(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, int logits_from,
 		float *logits, qs_error *err);
 
+/* The same pass in pieces, for layer-at-a-time work (calibration, GPTQ,
+ * sensitivity): fwd_embed fills the residual stream from tokens, fwd_layers
+ * runs layers [l0, l1) on it in place (filling those layers' KV cache and
+ * calling the capture hook), fwd_head applies the final norm and output head.
+ * fwd_hidden is the residual stream: (n_seq * n_tok, dim), row-major, valid
+ * for the batch last run; callers may read or replace it between calls. */
+int fwd_embed(fwd_ctx *f, const int *tokens, int n_seq, int n_tok, qs_error *err);
+int fwd_layers(fwd_ctx *f, int n_seq, int n_tok, int l0, int l1, qs_error *err);
+int fwd_head(fwd_ctx *f, int n_seq, int n_tok, int logits_from, float *logits, qs_error *err);
+float *fwd_hidden(fwd_ctx *f);
+
 /* One token of sequence 0 at position pos (the cache must hold positions
  * 0..pos-1): logits (vocab). */
 int fwd_decode(fwd_ctx *f, int token, int pos, float *logits, qs_error *err);

@@ -277,6 +277,33 @@ static void test_ppl_first_chunks(void **s)
 	model_free(m);
 }
 
+/* Layer-at-a-time: embed, layers [0,3), [3,8), head == one prefill; and the
+ * hidden state can be saved and restored between calls. */
+static void test_layer_pieces(void **s)
+{
+	(void)s;
+	model *m = open_or_fail(tu_shared("models/debdoc-19m-f16.gguf"));
+	qs_error err = { 0 };
+	fwd_ctx *f = fwd_new(m, 1, NPOS, &err);
+	float *a = malloc(sizeof(float) * NPOS * 8192), *b = malloc(sizeof(float) * NPOS * 8192);
+	float *saved = malloc(sizeof(float) * NPOS * 384);
+	assert_int_equal(fwd_prefill(f, ref_ids, 1, NPOS, 0, a, &err), 0);
+	assert_int_equal(fwd_embed(f, ref_ids, 1, NPOS, &err), 0);
+	assert_int_equal(fwd_layers(f, 1, NPOS, 0, 3, &err), 0);
+	memcpy(saved, fwd_hidden(f), sizeof(float) * NPOS * 384);
+	memset(fwd_hidden(f), 0, sizeof(float) * NPOS * 384);
+	memcpy(fwd_hidden(f), saved, sizeof(float) * NPOS * 384);
+	assert_int_equal(fwd_layers(f, 1, NPOS, 3, 8, &err), 0);
+	assert_int_equal(fwd_head(f, 1, NPOS, 0, b, &err), 0);
+	assert_memory_equal(a, b, sizeof(float) * NPOS * 8192);
+	assert_int_equal(fwd_layers(f, 1, NPOS, 5, 9, &err), QS_EUSAGE);
+	free(a);
+	free(b);
+	free(saved);
+	fwd_free(f);
+	model_free(m);
+}
+
 /* The capture hook sees every linear layer's input with the right shape, in
  * order; the first one equals RMSNorm(embedding) computed here in double; a
  * nonzero return cancels the pass. */
@@ -362,6 +389,7 @@ int main(void)
 		cmocka_unit_test(test_hf_logits),
 		cmocka_unit_test(test_batch_independent),
 		cmocka_unit_test(test_capture_hook),
+		cmocka_unit_test(test_layer_pieces),
 		cmocka_unit_test(test_greedy),
 		cmocka_unit_test(test_q8_0),
 		cmocka_unit_test(test_q4_0),
