@@ -17,21 +17,8 @@
 #include "../engine/model.h"
 #include "../engine/sample.h"
 #include "../kernels/types.h"
-
-#define EXIT_USAGE 1
-#define EXIT_INPUT 2
-#define DEFAULT_MODEL "models/debdoc-19m-f16.gguf"
-
-/* ------------------------------------------------------------ options */
-
-enum opt_kind { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STR };
-
-typedef struct opt {
-	const char *shrt, *lng;
-	enum opt_kind kind;
-	void *dst;
-	const char *arg, *help;
-} opt;
+#include "cli.h"
+#include "commands.h"
 
 typedef struct cmd {
 	const char *name;
@@ -40,62 +27,6 @@ typedef struct cmd {
 	const char *summary;
 	const opt *(*opts)(void); /* for --help */
 } cmd;
-
-static void print_opts(FILE *out, const opt *o)
-{
-	for (; o && o->lng; o++) {
-		char left[64];
-		snprintf(left, sizeof(left), "%s%s%s %s", o->shrt ? o->shrt : "", o->shrt ? ", " : "",
-			 o->lng, o->arg ? o->arg : "");
-		fprintf(out, "  %-28s %s\n", left, o->help);
-	}
-}
-
-/* Parse argv[1..] against opts. Returns 0, or prints an error and returns
- * EXIT_USAGE. */
-static int parse_opts(const char *cmdname, int argc, char **argv, const opt *opts)
-{
-	for (int i = 1; i < argc; i++) {
-		const opt *o = opts;
-		for (; o->lng; o++)
-			if ((o->shrt && strcmp(argv[i], o->shrt) == 0) || strcmp(argv[i], o->lng) == 0)
-				break;
-		if (!o->lng) {
-			fprintf(stderr, "qscope %s: unknown option '%s' (see qscope %s --help)\n",
-				cmdname, argv[i], cmdname);
-			return EXIT_USAGE;
-		}
-		if (o->kind == OPT_FLAG) {
-			*(int *)o->dst = 1;
-			continue;
-		}
-		if (i + 1 >= argc) {
-			fprintf(stderr, "qscope %s: option '%s' needs a value\n", cmdname, argv[i]);
-			return EXIT_USAGE;
-		}
-		const char *v = argv[++i];
-		char *end;
-		errno = 0;
-		if (o->kind == OPT_INT) {
-			long x = strtol(v, &end, 10);
-			if (*v == 0 || *end || errno || x < -2147483647L || x > 2147483647L) {
-				fprintf(stderr, "qscope %s: %s: '%s' is not an integer\n", cmdname, o->lng, v);
-				return EXIT_USAGE;
-			}
-			*(int *)o->dst = (int)x;
-		} else if (o->kind == OPT_FLOAT) {
-			double x = strtod(v, &end);
-			if (*v == 0 || *end || errno || !isfinite(x)) {
-				fprintf(stderr, "qscope %s: %s: '%s' is not a number\n", cmdname, o->lng, v);
-				return EXIT_USAGE;
-			}
-			*(float *)o->dst = (float)x;
-		} else {
-			*(const char **)o->dst = v;
-		}
-	}
-	return 0;
-}
 
 static int want_help(int argc, char **argv)
 {
@@ -111,95 +42,8 @@ static int cmd_help_for(const char *name)
 {
 	const cmd *c = find_cmd(name);
 	printf("usage: qscope %s\n\n%s\n\noptions:\n", c->usage, c->summary);
-	print_opts(stdout, c->opts());
+	cli_print_opts(stdout, c->opts());
 	return 0;
-}
-
-/* ------------------------------------------------------------ helpers */
-
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-typedef struct common {
-	const char *model, *tokenizer, *file;
-	int threads, json;
-} common;
-
-static int open_model(const common *co, model **m)
-{
-	qs_error err = { 0 };
-	model_open_opts mo = { .tokenizer_path = co->tokenizer };
-	fwd_set_threads(co->threads);
-	if (model_open(co->model ? co->model : DEFAULT_MODEL, &mo, m, &err)) {
-		fprintf(stderr, "qscope: %s\n", err.msg);
-		return EXIT_INPUT;
-	}
-	return 0;
-}
-
-static int read_text(const char *path, char **buf, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f) {
-		fprintf(stderr, "qscope: %s: cannot open: %s\n", path, strerror(errno));
-		return EXIT_INPUT;
-	}
-	size_t cap = 1 << 16, n = 0;
-	char *b = malloc(cap);
-	for (;;) {
-		if (!b) {
-			fclose(f);
-			fprintf(stderr, "qscope: %s: out of memory\n", path);
-			return EXIT_INPUT;
-		}
-		n += fread(b + n, 1, cap - n, f);
-		if (n < cap)
-			break;
-		cap *= 2;
-		char *nb = realloc(b, cap);
-		if (!nb)
-			free(b);
-		b = nb;
-	}
-	int bad = ferror(f);
-	fclose(f);
-	if (bad) {
-		free(b);
-		fprintf(stderr, "qscope: %s: read error\n", path);
-		return EXIT_INPUT;
-	}
-	*buf = b;
-	*len = n;
-	return 0;
-}
-
-static int tokenize_file(const model *m, const char *path, int **ids, size_t *n)
-{
-	char *text;
-	size_t len;
-	int rc = read_text(path, &text, &len);
-	if (rc)
-		return rc;
-	qs_error err = { 0 };
-	rc = tok_encode(m->tok, text, len, 1, ids, n, &err);
-	free(text);
-	if (rc) {
-		fprintf(stderr, "qscope: %s: %s\n", path, err.msg);
-		return EXIT_INPUT;
-	}
-	return 0;
-}
-
-static int dump_json(json_t *o)
-{
-	int rc = json_dumpf(o, stdout, JSON_INDENT(1) | JSON_REAL_PRECISION(10));
-	putchar('\n');
-	json_decref(o);
-	return rc ? EXIT_INPUT : 0;
 }
 
 /* ------------------------------------------------------------ ppl */
@@ -235,7 +79,7 @@ static int ppl_on_chunk(void *user, int chunk, int n_chunks, double running)
 
 static int cmd_ppl(int argc, char **argv)
 {
-	int rc = parse_opts("ppl", argc, argv, ppl_opts());
+	int rc = cli_parse_opts("ppl", argc, argv, ppl_opts());
 	if (rc)
 		return rc;
 	if (!ppl_co.file) {
@@ -243,11 +87,11 @@ static int cmd_ppl(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	model *m;
-	if ((rc = open_model(&ppl_co, &m)))
+	if ((rc = cli_open_model(&ppl_co, &m)))
 		return rc;
 	int *ids = NULL;
 	size_t n = 0;
-	if ((rc = tokenize_file(m, ppl_co.file, &ids, &n)))
+	if ((rc = cli_tokenize_file(m, ppl_co.file, &ids, &n)))
 		goto out;
 	FILE *log = ppl_co.json ? stderr : stdout;
 	eval_ppl_opts o = { .ctx = ppl_ctx, .n_chunks = ppl_chunks, .batch = ppl_batch,
@@ -269,7 +113,7 @@ static int cmd_ppl(int argc, char **argv)
 				      "tokens_per_second", (double)r.tokens / r.seconds,
 				      "gflops", r.gflop / r.seconds, "model", m->path,
 				      "file", ppl_co.file, "threads", fwd_threads());
-		rc = dump_json(j);
+		rc = cli_dump_json(j);
 	} else {
 		printf("Final estimate: PPL = %.4f +/- %.5f\n", r.ppl, r.ppl_stderr);
 		printf("perplexity: %d chunks, %ld tokens in %.2f s (%.0f tokens/s, %.1f GFLOP/s)\n",
@@ -326,7 +170,7 @@ static int gen_on_token(void *user, int prev, int id)
 
 static int cmd_generate(int argc, char **argv)
 {
-	int rc = parse_opts("generate", argc, argv, gen_opts());
+	int rc = cli_parse_opts("generate", argc, argv, gen_opts());
 	if (rc)
 		return rc;
 	if (!gen_prompt) {
@@ -338,7 +182,7 @@ static int cmd_generate(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	model *m;
-	if ((rc = open_model(&gen_co, &m)))
+	if ((rc = cli_open_model(&gen_co, &m)))
 		return rc;
 	qs_error err = { 0 };
 	int *ids = NULL, *all;
@@ -405,7 +249,7 @@ static int cmd_generate(int argc, char **argv)
 		json_object_set_new(o, "generated", json_integer(r.n_gen));
 		json_object_set_new(o, "prompt_seconds", json_real(r.prompt_seconds));
 		json_object_set_new(o, "decode_tokens_per_second", json_real(tps));
-		rc = dump_json(o);
+		rc = cli_dump_json(o);
 	} else {
 		putchar('\n');
 		fprintf(stderr, "generate: prompt %zu tokens in %.3f s, %d tokens at %.1f tokens/s\n", n,
@@ -439,29 +283,9 @@ static const opt *lg_opts(void)
 	return o;
 }
 
-static int write_atomic(const char *path, const void *data, size_t len)
-{
-	char tmp[4200];
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-	FILE *f = fopen(tmp, "wb");
-	if (!f) {
-		fprintf(stderr, "qscope: %s: cannot create: %s\n", tmp, strerror(errno));
-		return EXIT_INPUT;
-	}
-	int bad = fwrite(data, 1, len, f) != len;
-	bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
-	bad |= fclose(f) != 0;
-	if (bad || rename(tmp, path) != 0) {
-		fprintf(stderr, "qscope: %s: write failed: %s\n", path, strerror(errno));
-		unlink(tmp);
-		return EXIT_INPUT;
-	}
-	return 0;
-}
-
 static int cmd_logits(int argc, char **argv)
 {
-	int rc = parse_opts("logits", argc, argv, lg_opts());
+	int rc = cli_parse_opts("logits", argc, argv, lg_opts());
 	if (rc)
 		return rc;
 	if (!lg_co.file || !lg_out || lg_n < 1) {
@@ -469,14 +293,14 @@ static int cmd_logits(int argc, char **argv)
 		return EXIT_USAGE;
 	}
 	model *m;
-	if ((rc = open_model(&lg_co, &m)))
+	if ((rc = cli_open_model(&lg_co, &m)))
 		return rc;
 	int *ids = NULL;
 	size_t n = 0;
 	float *logits = NULL;
 	fwd_ctx *f = NULL;
 	qs_error err = { 0 };
-	if ((rc = tokenize_file(m, lg_co.file, &ids, &n)))
+	if ((rc = cli_tokenize_file(m, lg_co.file, &ids, &n)))
 		goto out;
 	if ((size_t)lg_n > n || lg_n > m->cfg.ctx) {
 		fprintf(stderr, "qscope logits: -n %d: the text has %zu tokens, context is %d\n", lg_n,
@@ -491,7 +315,7 @@ static int cmd_logits(int argc, char **argv)
 		rc = EXIT_INPUT;
 		goto out;
 	}
-	rc = write_atomic(lg_out, logits, sizeof(float) * (size_t)lg_n * m->cfg.vocab);
+	rc = cli_write_atomic(lg_out, logits, sizeof(float) * (size_t)lg_n * m->cfg.vocab);
 	if (!rc)
 		fprintf(stderr, "logits: wrote %d x %d float32 to %s\n", lg_n, m->cfg.vocab, lg_out);
 out:
@@ -519,11 +343,11 @@ static const opt *info_opts(void)
 
 static int cmd_info(int argc, char **argv)
 {
-	int rc = parse_opts("info", argc, argv, info_opts());
+	int rc = cli_parse_opts("info", argc, argv, info_opts());
 	if (rc)
 		return rc;
 	model *m;
-	if ((rc = open_model(&info_co, &m)))
+	if ((rc = cli_open_model(&info_co, &m)))
 		return rc;
 	const model_config *c = &m->cfg;
 	size_t bytes = 0;
@@ -551,7 +375,7 @@ static int cmd_info(int argc, char **argv)
 			(json_int_t)bytes, "tokenizer", "type", "sentencepiece-bpe", "n_vocab",
 			tok_n_vocab(m->tok), "bos", tok_bos(m->tok), "eos", tok_eos(m->tok),
 			"tensors", ts);
-		rc = dump_json(o);
+		rc = cli_dump_json(o);
 	} else {
 		printf("model      %s (%s)\n", m->path, m->format);
 		printf("arch       %s: dim %d, %d layers, %d heads (%d kv, head dim %d), ffn %d, vocab %d, ctx %d\n",
@@ -609,7 +433,7 @@ static int bench_on_chunk(void *user, int chunk, int n_chunks, double running)
 
 static int cmd_bench(int argc, char **argv)
 {
-	int rc = parse_opts("bench", argc, argv, bn_opts());
+	int rc = cli_parse_opts("bench", argc, argv, bn_opts());
 	if (rc)
 		return rc;
 	if (bn_reps < 1 || bn_decode < 2) {
@@ -618,7 +442,7 @@ static int cmd_bench(int argc, char **argv)
 	}
 	const char *file = bn_co.file ? bn_co.file : "data/wikitext-2-test.txt";
 	model *m;
-	if ((rc = open_model(&bn_co, &m)))
+	if ((rc = cli_open_model(&bn_co, &m)))
 		return rc;
 	int *ids = NULL, *gids = NULL;
 	size_t n = 0;
@@ -626,7 +450,7 @@ static int cmd_bench(int argc, char **argv)
 	char *md = NULL;
 	double *v = calloc((size_t)bn_reps * 2, sizeof(double));
 	qs_error err = { 0 };
-	if ((rc = tokenize_file(m, file, &ids, &n)))
+	if ((rc = cli_tokenize_file(m, file, &ids, &n)))
 		goto out;
 	bench_stat peak0, peak1, copy;
 	fprintf(stderr, "bench: sgemm peak and copy bandwidth (%d threads)\n", fwd_threads());
@@ -655,10 +479,10 @@ static int cmd_bench(int argc, char **argv)
 		goto out;
 	}
 	for (int r = 0; r < bn_reps; r++) {
-		double t = now_s();
+		double t = cli_now();
 		if (fwd_prefill(f, ids, 1, np, np - 1, NULL, &err))
 			break;
-		v[r] = np / (now_s() - t);
+		v[r] = np / (cli_now() - t);
 	}
 	double pp_tps = bench_median(v, bn_reps);
 	sample_opts so = { 0, 0, 1, 1 };
@@ -715,7 +539,7 @@ static int cmd_bench(int argc, char **argv)
 		 wbytes / 1e6, dec_tps * wbytes / 1e9, 100.0 * dec_tps * wbytes / 1e9 / copy.median);
 	fputs(md, stdout);
 	if (bn_out)
-		rc = write_atomic(bn_out, md, strlen(md));
+		rc = cli_write_atomic(bn_out, md, strlen(md));
 out:
 	free(md);
 	free(v);
@@ -739,6 +563,10 @@ static const cmd cmds[] = {
 	  gen_opts },
 	{ "logits", cmd_logits, "logits -m MODEL -f TEXT -n N -o OUT.f32",
 	  "Write the logits of the first N positions of the tokenized text (BOS first).", lg_opts },
+	{ "stats", cmd_stats, "stats -m MODEL [-f CALIB] [--json] [--plot]",
+	  "Calibration statistics of every linear layer's input and weights: per-channel absmax,\n"
+	  "RMS, kurtosis, outlier channels, histograms.",
+	  stats_opts },
 	{ "bench", cmd_bench, "bench [-m MODEL] [-f TEXT] [--chunks N] [-o docs/BENCH.md]",
 	  "Measure perplexity throughput and decode speed against this machine's sgemm peak and\n"
 	  "copy bandwidth, measured in the same run; writes a markdown table.",

@@ -1,0 +1,46 @@
+/* cli.h - what every qscope subcommand shares: option tables (which also
+ * generate --help), model opening, text reading, JSON and atomic output. */
+#ifndef QS_CLI_H
+#define QS_CLI_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "../engine/model.h"
+
+#define EXIT_USAGE 1
+#define EXIT_INPUT 2
+#define DEFAULT_MODEL "models/debdoc-19m-f16.gguf"
+
+enum opt_kind { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STR };
+
+typedef struct opt {
+	const char *shrt, *lng;
+	enum opt_kind kind;
+	void *dst;
+	const char *arg, *help;
+} opt;
+
+typedef struct common {
+	const char *model, *tokenizer, *file;
+	int threads, json;
+} common;
+
+/* Print an option table as --help lines. */
+void cli_print_opts(FILE *out, const opt *o);
+/* Parse argv[1..] against opts (terminated by an entry with lng == NULL).
+ * Returns 0, or prints a one-line error and returns EXIT_USAGE. */
+int cli_parse_opts(const char *cmdname, int argc, char **argv, const opt *opts);
+double cli_now(void);
+/* Set threads, open co->model (default DEFAULT_MODEL); prints errors. */
+int cli_open_model(const common *co, model **m);
+int cli_read_text(const char *path, char **buf, size_t *len);
+/* Read and tokenize a text file with BOS first. */
+int cli_tokenize_file(const model *m, const char *path, int **ids, size_t *n);
+/* Print o (consumed) on stdout. */
+int cli_dump_json(json_t *o);
+/* Write a whole file via a temporary file and rename. */
+int cli_write_atomic(const char *path, const void *data, size_t len);
+
+#endif
