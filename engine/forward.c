@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "../kernels/ops.h"
+#include "../kernels/qmatrix.h"
+#include "quant.h"
 #include "../kernels/types.h"
 
 #define QBLOCK 128 /* query rows per attention block in prefill */
@@ -61,6 +63,10 @@ int fwd_threads(void)
 /* Convert a whole tensor to f32 (rows in parallel). */
 static void to_f32(const model_tensor *t, float *dst)
 {
+	if (t->q) {
+		kn_qmatrix_dequant(t->q, 0, t->q->rows, dst);
+		return;
+	}
 	const kn_type_traits *tr = kn_traits(t->type);
 	size_t rs = kn_row_size(t->type, (size_t)t->ne[0]);
 	const unsigned char *src = t->data;
@@ -140,6 +146,15 @@ fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err)
 			f->rope[((size_t)p * (hd / 2) + i) * 2] = cosf(a);
 			f->rope[((size_t)p * (hd / 2) + i) * 2 + 1] = sinf(a);
 		}
+	fwd_reload(f);
+	return f;
+}
+
+void fwd_reload(fwd_ctx *f)
+{
+	const model *m = f->m;
+	const model_config *c = &f->c;
+	const int D = c->dim, L = c->n_layers;
 	for (int l = 0; l < L; l++) {
 		to_f32(m->layers[l].attn_norm, f->attn_norm + (size_t)l * D);
 		to_f32(m->layers[l].ffn_norm, f->ffn_norm + (size_t)l * D);
@@ -151,7 +166,6 @@ fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err)
 		}
 	}
 	to_f32(m->out_norm, f->out_norm);
-	return f;
 }
 
 void fwd_free(fwd_ctx *f)
@@ -183,16 +197,28 @@ void fwd_set_capture(fwd_ctx *f, fwd_capture_fn fn, void *user)
 	f->cap_user = user;
 }
 
-static int capture(fwd_ctx *f, int layer, int site, const float *x, int rows, int cols,
+/* Show x to the capture hook, then apply the model's simulated activation
+ * quantization for this site (if any) in place. */
+static int capture(fwd_ctx *f, int layer, int site, float *x, int rows, int cols,
 		   qs_error *err)
 {
 	if (f->cap && f->cap(f->cap_user, layer, site, x, rows, cols))
 		return qs_err(err, QS_ECANCEL, "cancelled");
+	const model_actq *aq = f->m->actq;
+	if (aq && layer >= 0 && site < 4) {
+		const model_actq_site *s = &aq->site[layer * 4 + site];
+		if (s->bits)
+			quant_act(x, rows, cols, s->bits, s->per_token, s->scale, s->keep);
+	}
 	return 0;
 }
 
 static void embed_row(const model_tensor *t, int tok, float *dst)
 {
+	if (t->q) {
+		kn_qmatrix_dequant(t->q, tok, tok + 1, dst);
+		return;
+	}
 	const kn_type_traits *tr = kn_traits(t->type);
 	size_t rs = kn_row_size(t->type, (size_t)t->ne[0]);
 	tr->to_float((const unsigned char *)t->data + (size_t)tok * rs, dst, (size_t)t->ne[0]);
@@ -375,6 +401,12 @@ int fwd_head(fwd_ctx *f, int n_seq, int n_tok, int logits_from, float *logits, q
 static void matvec(const model_tensor *t, const float *x, float *y)
 {
 	int rows = (int)t->ne[1], n = (int)t->ne[0];
+	if (t->q) {
+#pragma omp parallel for schedule(static) if ((long)rows * n > 32768)
+		for (int r = 0; r < rows; r++)
+			y[r] = kn_qmatrix_dot(t->q, r, x);
+		return;
+	}
 	int nt = omp_get_max_threads();
 	int chunk = (rows + nt * 4 - 1) / (nt * 4);
 	if (chunk < 16)
@@ -384,6 +416,16 @@ static void matvec(const model_tensor *t, const float *x, float *y)
 		int r1 = r0 + chunk < rows ? r0 + chunk : rows;
 		kn_matvec(t->type, t->data, x, y, n, r0, r1);
 	}
+}
+
+static void act_quant_row(const fwd_ctx *f, int layer, int site, float *x, int cols)
+{
+	const model_actq *aq = f->m->actq;
+	if (!aq)
+		return;
+	const model_actq_site *s = &aq->site[layer * 4 + site];
+	if (s->bits)
+		quant_act(x, 1, cols, s->bits, s->per_token, s->scale, s->keep);
 }
 
 int fwd_decode(fwd_ctx *f, int token, int pos, float *logits, qs_error *err)
@@ -405,6 +447,7 @@ int fwd_decode(fwd_ctx *f, int token, int pos, float *logits, qs_error *err)
 	for (int l = 0; l < L; l++) {
 		const model_layer *ly = &m->layers[l];
 		kn_rmsnorm(xn, x, f->attn_norm + (size_t)l * D, D, c->eps);
+		act_quant_row(f, l, FWD_SITE_QKV, xn, D);
 		matvec(ly->wq, xn, q);
 		matvec(ly->wk, xn, k);
 		matvec(ly->wv, xn, v);
@@ -436,13 +479,16 @@ int fwd_decode(fwd_ctx *f, int token, int pos, float *logits, qs_error *err)
 					oh[j] += s[t] * vr[j];
 			}
 		}
+		act_quant_row(f, l, FWD_SITE_ATTN_OUT, att, qd);
 		matvec(ly->wo, att, o);
 		for (int j = 0; j < D; j++)
 			x[j] += o[j];
 		kn_rmsnorm(xn, x, f->ffn_norm + (size_t)l * D, D, c->eps);
+		act_quant_row(f, l, FWD_SITE_FFN_IN, xn, D);
 		matvec(ly->w_gate, xn, g);
 		matvec(ly->w_up, xn, u);
 		kn_swiglu(g, g, u, (size_t)H);
+		act_quant_row(f, l, FWD_SITE_FFN_DOWN, g, H);
 		matvec(ly->w_down, g, o);
 		for (int j = 0; j < D; j++)
 			x[j] += o[j];

@@ -33,6 +33,10 @@ typedef int (*fwd_capture_fn)(void *user, int layer, int site, const float *x, i
 fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err);
 void fwd_free(fwd_ctx *f);
 
+/* Re-read the model's norm weights and biases (cached as f32 at fwd_new)
+ * after a quantizer replaced them. Matrices are read at every call. */
+void fwd_reload(fwd_ctx *f);
+
 void fwd_set_capture(fwd_ctx *f, fwd_capture_fn fn, void *user);
 
 /* Threads for OpenMP loops and OpenBLAS (0: $QSCOPE_THREADS, else all cores). */

@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 
+#include "../kernels/qmatrix.h"
 #include "../kernels/types.h"
 
 struct model_priv {
@@ -13,6 +14,8 @@ struct model_priv {
 	int n_maps, cap_maps;
 	void **bufs;
 	int n_bufs, cap_bufs;
+	struct kn_qmatrix **qms;
+	int n_qms, cap_qms;
 	int cap_tensors;
 };
 
@@ -60,6 +63,24 @@ int model_keep_buffer(model *m, void *buf, qs_error *err)
 		p->cap_bufs = cap;
 	}
 	p->bufs[p->n_bufs++] = buf;
+	return 0;
+}
+
+int model_keep_qmatrix(model *m, struct kn_qmatrix *q, qs_error *err)
+{
+	model_priv *p = m->priv;
+	if (p->n_qms == p->cap_qms) {
+		int cap = p->cap_qms ? 2 * p->cap_qms : 32;
+		void *n = realloc(p->qms, (size_t)cap * sizeof(*p->qms));
+		if (!n) {
+			kn_qmatrix_release(q);
+			free(q);
+			return qs_err(err, QS_ENOMEM, "%s: out of memory", m->path);
+		}
+		p->qms = n;
+		p->cap_qms = cap;
+	}
+	p->qms[p->n_qms++] = q;
 	return 0;
 }
 
@@ -231,11 +252,17 @@ void model_free(model *m)
 				munmap((void *)p->maps[i].data, p->maps[i].size);
 		for (int i = 0; i < p->n_bufs; i++)
 			free(p->bufs[i]);
+		for (int i = 0; i < p->n_qms; i++) {
+			kn_qmatrix_release(p->qms[i]);
+			free(p->qms[i]);
+		}
+		free(p->qms);
 		free(p->maps);
 		free(p->bufs);
 		free(p);
 	}
-	tok_free(m->tok);
+	if (!m->base)
+		tok_free(m->tok);
 	free(m->tensors);
 	free(m->layers);
 	free(m);
@@ -266,4 +293,60 @@ int model_open(const char *path, const model_open_opts *opts, model **out, qs_er
 	if (memcmp(magic, "GGUF", 4) != 0 && has_suffix(path, ".bin"))
 		return model_load_llama2c(path, opts ? opts->tokenizer_path : NULL, out, err);
 	return model_load_gguf(path, out, err);
+}
+
+model *model_derive(const model *base, qs_error *err)
+{
+	model *m = model_alloc(base->path, base->format, err);
+	if (!m)
+		return NULL;
+	m->cfg = base->cfg;
+	m->base = base;
+	m->tok = base->tok;
+	m->tensors = malloc(sizeof(model_tensor) * (size_t)(base->n_tensors ? base->n_tensors : 1));
+	m->layers = malloc(sizeof(model_layer) * (size_t)base->cfg.n_layers);
+	if (!m->tensors || !m->layers) {
+		model_free(m);
+		qs_err(err, QS_ENOMEM, "%s: out of memory", base->path);
+		return NULL;
+	}
+	memcpy(m->tensors, base->tensors, sizeof(model_tensor) * (size_t)base->n_tensors);
+	m->n_tensors = base->n_tensors;
+	m->priv->cap_tensors = base->n_tensors;
+	/* re-point the layer and head pointers into our own table */
+#define REBIND(p) ((p) ? &m->tensors[(p) - base->tensors] : NULL)
+	m->tok_embd = REBIND(base->tok_embd);
+	m->out_norm = REBIND(base->out_norm);
+	m->output = REBIND(base->output);
+	for (int l = 0; l < base->cfg.n_layers; l++) {
+		const model_layer *b = &base->layers[l];
+		model_layer *L = &m->layers[l];
+		L->attn_norm = REBIND(b->attn_norm);
+		L->wq = REBIND(b->wq);
+		L->wk = REBIND(b->wk);
+		L->wv = REBIND(b->wv);
+		L->wo = REBIND(b->wo);
+		L->bq = REBIND(b->bq);
+		L->bk = REBIND(b->bk);
+		L->bv = REBIND(b->bv);
+		L->ffn_norm = REBIND(b->ffn_norm);
+		L->w_gate = REBIND(b->w_gate);
+		L->w_up = REBIND(b->w_up);
+		L->w_down = REBIND(b->w_down);
+	}
+#undef REBIND
+	return m;
+}
+
+size_t model_tensor_bytes(const model_tensor *t)
+{
+	return t->q ? kn_qmatrix_bytes(t->q) : t->nbytes;
+}
+
+size_t model_bytes(const model *m)
+{
+	size_t n = 0;
+	for (int i = 0; i < m->n_tensors; i++)
+		n += model_tensor_bytes(&m->tensors[i]);
+	return n;
 }

@@ -45,6 +45,7 @@ typedef struct model_tensor {
 	int64_t ne[2];     /* ne[0] = row length, ne[1] = rows (1 for vectors) */
 	const void *data;  /* borrowed; lives as long as the model */
 	size_t nbytes;
+	const struct kn_qmatrix *q; /* quantized replacement (NULL: use data) */
 } model_tensor;
 
 typedef struct model_layer {
@@ -72,9 +73,24 @@ typedef struct model {
 	const model_tensor *out_norm;  /* (dim) */
 	const model_tensor *output;    /* (vocab rows, dim); == tok_embd when tied */
 	model_layer *layers;       /* (n_layers) */
-	tok_vocab *tok;            /* owned */
+	tok_vocab *tok;            /* owned, or borrowed from base */
+	const struct model *base;  /* a quantized model borrows base's data */
+	struct model_actq *actq;   /* simulated activation quantization, or NULL */
 	model_priv *priv;
 } model;
+
+/* Simulated activation quantization of the four linear-input sites of each
+ * layer (enum fwd_site order): bits 0 = off. */
+typedef struct model_actq_site {
+	int bits;
+	int per_token;            /* 1: dynamic per token; 0: static scale */
+	float scale;              /* static per-tensor scale */
+	unsigned char *keep;      /* (cols) channels left in float, or NULL */
+} model_actq_site;
+
+typedef struct model_actq {
+	model_actq_site *site;    /* (n_layers * 4), index layer * 4 + fwd_site */
+} model_actq;
 
 typedef struct model_open_opts {
 	const char *tokenizer_path; /* llama2.c tokenizer.bin (-z); NULL: next to the model */
@@ -87,6 +103,14 @@ typedef struct model_open_opts {
 int model_open(const char *path, const model_open_opts *opts, model **out, qs_error *err);
 void model_free(model *m);
 
+/* A model that shares base's tensors, tokenizer and mappings (base must
+ * outlive it); its tensor table and layers are its own, so a quantizer can
+ * point tensors at quantized or rescaled replacements. */
+model *model_derive(const model *base, qs_error *err);
+/* Number of bytes the model's tensors occupy in their stored or quantized form. */
+size_t model_bytes(const model *m);
+size_t model_tensor_bytes(const model_tensor *t);
+
 const model_tensor *model_find(const model *m, const char *name);
 size_t model_n_params(const model *m);
 
@@ -96,6 +120,8 @@ model *model_alloc(const char *path, const char *format, qs_error *err);
 int model_keep_map(model *m, const void *data, size_t size, qs_error *err);
 /* Keep a malloc'd buffer (freed by model_free). */
 int model_keep_buffer(model *m, void *buf, qs_error *err);
+/* Keep a malloc'd quantized matrix (released and freed by model_free). */
+int model_keep_qmatrix(model *m, struct kn_qmatrix *q, qs_error *err);
 /* Add a tensor; the name must be new. data must stay valid for the model's
  * lifetime (mapped or kept). nbytes must equal the size implied by type and
  * shape. src names the file for messages. */
