@@ -33,6 +33,23 @@ typedef struct eval_ppl_result {
 int eval_ppl(const model *m, const int *tokens, size_t n_tokens, const eval_ppl_opts *o,
 	     eval_ppl_result *r, qs_error *err);
 
+/* A quantized (or otherwise changed) model against its original on the same
+ * perplexity protocol: both perplexities, and the KL divergence of the
+ * changed model's next-token distribution from the original's at every
+ * scored position, with llama.cpp's statistics. */
+typedef struct eval_cmp_result {
+	eval_ppl_result base, test;   /* perplexity of each */
+	long n;                       /* scored positions */
+	double kld_mean, kld_stderr;  /* mean KL(P_base || P_test) in nats, and its s.e. */
+	double kld_median, kld_p90, kld_p99, kld_max;
+	double same_top_pct;          /* % positions where both argmax agree */
+	double rms_dp;                /* RMS of p_test(target) - p_base(target), in % */
+	double seconds;
+} eval_cmp_result;
+
+int eval_compare(const model *base, const model *test, const int *tokens, size_t n_tokens,
+		 const eval_ppl_opts *o, eval_cmp_result *r, qs_error *err);
+
 /* FLOPs of a prefill of n_seq sequences of n_tok tokens with logits for the
  * last n_logits positions of each: linear layers for every token, causal
  * attention (QK^T and PV over t+1 keys for position t), output head. */

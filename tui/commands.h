@@ -8,4 +8,7 @@
 int cmd_stats(int argc, char **argv);
 const opt *stats_opts(void);
 
+int cmd_quant(int argc, char **argv);
+const opt *quant_opts_table(void);
+
 #endif

@@ -567,6 +567,13 @@ static const cmd cmds[] = {
 	  "Calibration statistics of every linear layer's input and weights: per-channel absmax,\n"
 	  "RMS, kurtosis, outlier channels, histograms.",
 	  stats_opts },
+	{ "quant", cmd_quant,
+	  "quant -m MODEL [-f CALIB] --method M --bits B [--group G] [--sym|--asym] [--act-order]\n"
+	  "       [--alpha A] [--format F] [--act-bits B] [--act-per token|tensor] [--include RE]\n"
+	  "       [--exclude RE] [--eval TEXT] [--chunks N] [--kld] [--json] [--dry-run]",
+	  "Quantize every matched tensor with one spec, then report size (bytes, bits per weight)\n"
+	  "and quality (perplexity against the unquantized model, KL divergence).",
+	  quant_opts_table },
 	{ "bench", cmd_bench, "bench [-m MODEL] [-f TEXT] [--chunks N] [-o docs/BENCH.md]",
 	  "Measure perplexity throughput and decode speed against this machine's sgemm peak and\n"
 	  "copy bandwidth, measured in the same run; writes a markdown table.",

@@ -1,0 +1,65 @@
+/* quantize.h - quantize a whole model with a plan: calibration streamed layer
+ * by layer (inputs of each layer come from the already-quantized layers
+ * before it), true-sequential order inside a block (q/k/v, then o, then
+ * gate/up, then down), AWQ/SmoothQuant scales folded into the previous
+ * RMSNorm or linear layer, outlier columns, activation quantization. */
+#ifndef QS_QUANTIZE_H
+#define QS_QUANTIZE_H
+
+#include "error.h"
+#include "model.h"
+#include "quant.h"
+
+typedef struct quant_plan_entry {
+	char name[64];      /* tensor name */
+	quant_spec spec;
+} quant_plan_entry;
+
+typedef struct quant_plan {
+	quant_plan_entry *e; /* (n) */
+	int n;
+} quant_plan;
+
+/* Kind of a quantizable tensor: "attn_q" ... "ffn_down", "token_embd",
+ * "output"; NULL for tensors that are never quantized (norms, biases). */
+const char *quant_tensor_kind(const char *name);
+
+/* The same spec for every linear weight of the blocks whose name matches
+ * include (PCRE2, NULL: all) and not exclude (NULL: none). token_embd and
+ * output are left unquantized unless include names them. Every entry is
+ * checked with quant_spec_check. */
+int quant_plan_uniform(const model *m, const quant_spec *s, const char *include,
+		       const char *exclude, quant_plan *out, qs_error *err);
+int quant_plan_add(quant_plan *p, const char *name, const quant_spec *s, qs_error *err);
+void quant_plan_release(quant_plan *p);
+const quant_spec *quant_plan_find(const quant_plan *p, const char *name);
+/* Does the plan need calibration data (GPTQ, AWQ, SmoothQuant, outliers,
+ * static activation scales)? */
+int quant_plan_needs_calib(const quant_plan *p);
+/* Exact bytes of the model's tensors under the plan, without quantizing. */
+size_t quant_plan_bytes(const model *m, const quant_plan *p, size_t *params);
+
+typedef struct quant_opts {
+	const int *calib;    /* calibration tokens (n_calib, calib_len), BOS first */
+	int n_calib, calib_len;
+	int batch;           /* sequences per forward batch (8) */
+	int awq_rows;        /* rows of each site's input kept for AWQ searches (4096) */
+	qs_progress_fn progress; /* (step, steps); nonzero cancels */
+	void *user;
+} quant_opts;
+
+typedef struct quant_report {
+	double seconds;
+	double seconds_calib;  /* forward passes over the calibration data */
+	double seconds_gptq;   /* inside quant_gptq */
+	double gptq_gflop;     /* Hessian accumulation and GPTQ updates */
+	size_t bytes, params;  /* of the whole quantized model */
+	int n_quantized;
+} quant_report;
+
+/* Build *out, a model derived from base (base must outlive it) with every
+ * planned tensor quantized. rep may be NULL. */
+int quant_model(const model *base, const quant_plan *p, const quant_opts *o, model **out,
+		quant_report *rep, qs_error *err);
+
+#endif

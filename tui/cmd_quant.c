@@ -1,0 +1,280 @@
+/* cmd_quant.c - qscope quant: quantize with a uniform plan, then measure
+ * size and quality against the unquantized model. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../engine/calib.h"
+#include "../engine/eval.h"
+#include "../engine/forward.h"
+#include "../engine/quantize.h"
+#include "commands.h"
+
+static common co;
+static const char *q_method = "rtn", *q_format, *q_spec, *q_include, *q_exclude, *q_eval;
+static const char *q_act_per = "token";
+static int q_bits = 4, q_group = 128, q_sym, q_asym, q_act_order, q_static, q_mse, q_act_bits;
+static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512;
+static float q_alpha = -1, q_damp = 0.01f, q_outliers;
+
+static const opt o_quant[] = {
+	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
+	{ "-z", "--tokenizer", OPT_STR, &co.tokenizer, "FILE", "llama2.c tokenizer.bin" },
+	{ "-f", "--file", OPT_STR, &co.file, "CALIB", "calibration text (default ../shared/data/debdoc-calib.txt)" },
+	{ NULL, "--method", OPT_STR, &q_method, "M", "rtn, gptq, awq, smoothquant, hqq (default rtn)" },
+	{ NULL, "--bits", OPT_INT, &q_bits, "B", "integer bits 2..8 (default 4)" },
+	{ NULL, "--group", OPT_INT, &q_group, "G", "group size along the row; 0 = per channel, -1 = per tensor (default 128)" },
+	{ NULL, "--sym", OPT_FLAG, &q_sym, NULL, "symmetric grid (zero point fixed)" },
+	{ NULL, "--asym", OPT_FLAG, &q_asym, NULL, "asymmetric grid with a zero point (default)" },
+	{ NULL, "--format", OPT_STR, &q_format, "F", "instead of --bits/--group: q4_0, q4_1, q8_0, nf4, nf4dq, fp8, fp16, bf16, intBgN[sym]" },
+	{ NULL, "--spec", OPT_STR, &q_spec, "SPEC", "a whole spec string, e.g. gptq:int3g128,act_order (see docs/QUANT.md)" },
+	{ NULL, "--act-order", OPT_FLAG, &q_act_order, NULL, "gptq: columns by descending Hessian diagonal" },
+	{ NULL, "--static-groups", OPT_FLAG, &q_static, NULL, "gptq: group grids fixed before the pass" },
+	{ NULL, "--mse", OPT_FLAG, &q_mse, NULL, "rtn/gptq: MSE-optimal clipping of each grid" },
+	{ NULL, "--damp", OPT_FLOAT, &q_damp, "D", "gptq dampening, fraction of mean diag(H) (default 0.01)" },
+	{ NULL, "--alpha", OPT_FLOAT, &q_alpha, "A", "smoothquant strength (0.5); awq: fixed alpha instead of the grid search" },
+	{ NULL, "--outliers", OPT_FLOAT, &q_outliers, "T", "keep input channels with calibration absmax > T in FP16 (LLM.int8(): 6)" },
+	{ NULL, "--act-bits", OPT_INT, &q_act_bits, "B", "simulate B-bit activations at every linear input (0 = off)" },
+	{ NULL, "--act-per", OPT_STR, &q_act_per, "token|tensor", "activation scales per token (dynamic) or per tensor (static)" },
+	{ NULL, "--include", OPT_STR, &q_include, "REGEX", "quantize tensors whose name matches (default: all block linears)" },
+	{ NULL, "--exclude", OPT_STR, &q_exclude, "REGEX", "leave matching tensors unquantized" },
+	{ NULL, "--eval", OPT_STR, &q_eval, "TEXT", "evaluation text (default data/wikitext-2-test.txt)" },
+	{ NULL, "--chunks", OPT_INT, &q_chunks, "N", "evaluation chunks of 512 (default 100; 0 = all)" },
+	{ "-c", "--ctx", OPT_INT, &q_ctx, "N", "evaluation chunk length (default 512)" },
+	{ NULL, "--kld", OPT_FLAG, &q_kld, NULL, "KL divergence against the unquantized model (llama.cpp's statistics)" },
+	{ NULL, "--samples", OPT_INT, &q_samples, "N", "calibration sequences (default 128)" },
+	{ NULL, "--seq-len", OPT_INT, &q_seq, "L", "calibration sequence length (default 512)" },
+	{ NULL, "--seed", OPT_INT, &q_seed, "S", "calibration sampling seed (default 0)" },
+	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
+	{ NULL, "--dry-run", OPT_FLAG, &q_dry, NULL, "print the per-tensor plan with bytes and bpw; do not quantize" },
+	{ NULL, "--json", OPT_FLAG, &co.json, NULL, "print one JSON object on stdout" },
+	{ NULL, NULL, 0, NULL, NULL, NULL },
+};
+
+const opt *quant_opts_table(void) { return o_quant; }
+
+static int build_spec(quant_spec *s, qs_error *err)
+{
+	char buf[256], fmt[64];
+	if (q_spec)
+		return quant_spec_parse(q_spec, s, err);
+	if (q_format)
+		snprintf(fmt, sizeof(fmt), "%s", q_format);
+	else if (q_group == 0)
+		snprintf(fmt, sizeof(fmt), "int%dc%s", q_bits, q_sym ? "sym" : "");
+	else if (q_group < 0)
+		snprintf(fmt, sizeof(fmt), "int%dt%s", q_bits, q_sym ? "sym" : "");
+	else
+		snprintf(fmt, sizeof(fmt), "int%dg%d%s", q_bits, q_group, q_sym ? "sym" : "");
+	int n = snprintf(buf, sizeof(buf), "%s:%s", q_method, fmt);
+#define ADD(cond, ...)                                                                       \
+	if ((cond) && n > 0 && (size_t)n < sizeof(buf))                                          \
+		n += snprintf(buf + n, sizeof(buf) - (size_t)n, __VA_ARGS__);
+	ADD(q_act_order, ",act_order")
+	ADD(q_static, ",static_groups")
+	ADD(q_mse, ",mse")
+	ADD(q_damp != 0.01f, ",damp=%g", (double)q_damp)
+	ADD(q_alpha >= 0, ",alpha=%g", (double)q_alpha)
+	ADD(q_outliers > 0, ",outliers=%g", (double)q_outliers)
+	ADD(q_act_bits, ",act=%d", q_act_bits)
+	ADD(q_act_bits && strcmp(q_act_per, "tensor") == 0, ",act_tensor")
+#undef ADD
+	if (strcmp(q_act_per, "token") != 0 && strcmp(q_act_per, "tensor") != 0)
+		return qs_err(err, QS_EUSAGE, "--act-per must be token or tensor, not '%s'", q_act_per);
+	return quant_spec_parse(buf, s, err);
+}
+
+static const char *default_calib(void)
+{
+	static const char *c[] = { "../shared/data/debdoc-calib.txt", "data/debdoc-calib.txt" };
+	for (size_t i = 0; i < 2; i++)
+		if (access(c[i], R_OK) == 0)
+			return c[i];
+	return c[0];
+}
+
+/* progress on stderr: one updating line on a terminal, plain lines otherwise */
+static void progress_line(const char *what, long done, long total, double v)
+{
+	static int tty = -1;
+	if (tty < 0)
+		tty = isatty(2);
+	if (!tty && done != total && done % 10)
+		return;
+	fprintf(stderr, tty ? "\r%s %ld/%ld" : "%s %ld/%ld", what, done, total);
+	if (v > 0)
+		fprintf(stderr, ", running ppl %.4f", v);
+	if (!tty || done == total)
+		fputc('\n', stderr);
+}
+
+static int print_progress(void *user, long done, long total)
+{
+	(void)user;
+	progress_line("quant: layer", done, total, 0);
+	return 0;
+}
+
+static int on_chunk(void *user, int chunk, int n, double running)
+{
+	(void)user;
+	progress_line("eval: chunk", chunk + 1, n, running);
+	return 0;
+}
+
+static void dry_run(const model *m, const quant_plan *p)
+{
+	size_t tb = 0, tp = 0;
+	printf("%-28s %-24s %12s %12s %7s\n", "tensor", "spec", "params", "bytes", "bpw");
+	for (int i = 0; i < m->n_tensors; i++) {
+		const model_tensor *t = &m->tensors[i];
+		const quant_spec *s = quant_plan_find(p, t->name);
+		size_t n = (size_t)t->ne[0] * (size_t)t->ne[1];
+		size_t b = s ? kn_qparams_bytes(&s->fmt, (int)t->ne[1], (int)t->ne[0]) : t->nbytes;
+		char sp[128] = "(stored)";
+		if (s)
+			quant_spec_str(s, sp, sizeof(sp));
+		tb += b;
+		tp += n;
+		if (s || !co.json)
+			printf("%-28s %-24s %12zu %12zu %7.3f\n", t->name, sp, n, b, 8.0 * b / n);
+	}
+	printf("%-28s %-24s %12zu %12zu %7.3f\n", "total", "", tp, tb, 8.0 * tb / tp);
+}
+
+int cmd_quant(int argc, char **argv)
+{
+	int rc = cli_parse_opts("quant", argc, argv, o_quant);
+	if (rc)
+		return rc;
+	if (q_sym && q_asym) {
+		fprintf(stderr, "qscope quant: --sym and --asym exclude each other\n");
+		return EXIT_USAGE;
+	}
+	qs_error err = { 0 };
+	quant_spec spec;
+	if (build_spec(&spec, &err)) {
+		fprintf(stderr, "qscope quant: %s\n", err.msg);
+		return EXIT_USAGE;
+	}
+	model *m = NULL, *qm = NULL;
+	quant_plan plan = { 0 };
+	int *calib = NULL, *ids = NULL;
+	char *text = NULL;
+	if ((rc = cli_open_model(&co, &m)))
+		return rc;
+	if (quant_plan_uniform(m, &spec, q_include, q_exclude, &plan, &err)) {
+		fprintf(stderr, "qscope quant: %s\n", err.msg);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if (plan.n == 0) {
+		fprintf(stderr, "qscope quant: no tensor matches the plan\n");
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	char sp[128];
+	quant_spec_str(&spec, sp, sizeof(sp));
+	if (q_dry) {
+		dry_run(m, &plan);
+		goto out;
+	}
+	quant_opts qo = { .progress = co.json ? NULL : print_progress };
+	if (quant_plan_needs_calib(&plan)) {
+		const char *cf = co.file ? co.file : default_calib();
+		size_t len;
+		calib_opts copts;
+		calib_opts_default(&copts);
+		copts.n_samples = q_samples;
+		copts.seq_len = q_seq;
+		copts.seed = (uint64_t)q_seed;
+		if ((rc = cli_read_text(cf, &text, &len)))
+			goto out;
+		if (calib_sample_text(m, text, len, &copts, &calib, NULL, &err)) {
+			fprintf(stderr, "qscope quant: %s: %s\n", cf, err.msg);
+			rc = EXIT_INPUT;
+			goto out;
+		}
+		qo.calib = calib;
+		qo.n_calib = q_samples;
+		qo.calib_len = q_seq;
+	}
+	quant_report rep;
+	if (quant_model(m, &plan, &qo, &qm, &rep, &err)) {
+		fprintf(stderr, "qscope quant: %s\n", err.msg);
+		rc = err.code == QS_EUSAGE ? EXIT_USAGE : EXIT_INPUT;
+		goto out;
+	}
+	const char *ef = q_eval ? q_eval : "data/wikitext-2-test.txt";
+	size_t n;
+	if ((rc = cli_tokenize_file(m, ef, &ids, &n)))
+		goto out;
+	eval_ppl_opts eo = { .ctx = q_ctx, .n_chunks = q_chunks, .on_chunk = co.json ? NULL : on_chunk };
+	eval_cmp_result cr;
+	double te = cli_now();
+	if (eval_compare(m, qm, ids, n, &eo, &cr, &err)) {
+		fprintf(stderr, "qscope quant: %s\n", err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	te = cli_now() - te;
+	double bpw = 8.0 * (double)rep.bytes / (double)rep.params;
+	size_t base_bytes = model_bytes(m), qb = 0, qp = 0;
+	for (int i = 0; i < plan.n; i++) {
+		const model_tensor *t = model_find(qm, plan.e[i].name);
+		qb += model_tensor_bytes(t);
+		qp += (size_t)t->ne[0] * (size_t)t->ne[1];
+	}
+	double bpw_q = 8.0 * (double)qb / (double)qp;
+	if (co.json) {
+		json_t *j = json_pack("{s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:f, s:f, s:i, s:i}",
+				      "model", m->path, "spec", sp, "tensors", plan.n, "ppl", cr.test.ppl,
+				      "ppl_stderr", cr.test.ppl_stderr, "ppl_base", cr.base.ppl,
+				      "ppl_base_stderr", cr.base.ppl_stderr, "bytes", (json_int_t)rep.bytes,
+				      "bytes_base", (json_int_t)base_bytes, "bpw", bpw,
+				      "seconds_quant", rep.seconds, "seconds_eval", te, "chunks",
+				      cr.test.chunks, "ctx", q_ctx);
+		json_object_set_new(j, "eval", json_string(ef));
+		json_object_set_new(j, "bpw_quantized", json_real(bpw_q));
+		json_object_set_new(j, "params_quantized", json_integer((json_int_t)qp));
+		json_object_set_new(j, "seconds_calib", json_real(rep.seconds_calib));
+		if (rep.seconds_gptq > 0) {
+			json_object_set_new(j, "seconds_gptq", json_real(rep.seconds_gptq));
+			json_object_set_new(j, "gptq_gflops", json_real(rep.gptq_gflop / rep.seconds_gptq));
+		}
+		if (q_kld) {
+			json_object_set_new(j, "kld_mean", json_real(cr.kld_mean));
+			json_object_set_new(j, "kld_stderr", json_real(cr.kld_stderr));
+			json_object_set_new(j, "kld_median", json_real(cr.kld_median));
+			json_object_set_new(j, "kld_p90", json_real(cr.kld_p90));
+			json_object_set_new(j, "kld_p99", json_real(cr.kld_p99));
+			json_object_set_new(j, "kld_max", json_real(cr.kld_max));
+			json_object_set_new(j, "same_top_pct", json_real(cr.same_top_pct));
+			json_object_set_new(j, "rms_dp_pct", json_real(cr.rms_dp));
+		}
+		rc = cli_dump_json(j);
+	} else {
+		printf("spec           %s on %d tensors\n", sp, plan.n);
+		printf("size           %.3f MB -> %.3f MB: %.3f bits per weight over the model, %.3f over the %zu quantized weights\n",
+		       base_bytes / 1e6, rep.bytes / 1e6, bpw, bpw_q, qp);
+		printf("time           quantize %.2f s (calibration passes %.2f s), evaluate %.2f s\n",
+		       rep.seconds, rep.seconds_calib, te);
+		printf("perplexity     %.4f +/- %.4f (unquantized %.4f +/- %.4f, %+.2f%%) on %s, %d chunks\n",
+		       cr.test.ppl, cr.test.ppl_stderr, cr.base.ppl, cr.base.ppl_stderr,
+		       100.0 * (cr.test.ppl / cr.base.ppl - 1), ef, cr.test.chunks);
+		if (q_kld) {
+			printf("KLD            mean %.6f +/- %.6f, median %.6f, p90 %.6f, p99 %.6f, max %.4f\n",
+			       cr.kld_mean, cr.kld_stderr, cr.kld_median, cr.kld_p90, cr.kld_p99, cr.kld_max);
+			printf("same top token %.2f%%, RMS delta p %.3f%%\n", cr.same_top_pct, cr.rms_dp);
+		}
+	}
+out:
+	free(ids);
+	free(calib);
+	free(text);
+	quant_plan_release(&plan);
+	model_free(qm);
+	model_free(m);
+	return rc;
+}
