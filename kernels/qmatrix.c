@@ -340,12 +340,24 @@ static void quant_int(kn_qmatrix *q, const float *w, int mse)
 	const int maxq = (1 << q->p.bits) - 1, R = q->rows, C = q->cols;
 	if (q->p.group == KN_GROUP_TENSOR) {
 		float s, z;
-		best_grid(w, R * C, q->p.bits, q->p.sym, mse, &s, &z);
+		best_grid(w, R * C, q->p.bits, q->p.sym, mse, &s, &z); /* outliers included: rare */
 		q->scale[0] = s;
 		if (q->zero)
 			q->zero[0] = z;
 	}
-#pragma omp parallel for schedule(static)
+	float *masked = NULL;
+	if (q->n_out) {
+		/* outlier columns are stored in FP16: keep them out of the grids */
+		masked = malloc(sizeof(float) * (size_t)R * C);
+		if (masked) {
+			memcpy(masked, w, sizeof(float) * (size_t)R * C);
+			for (int r = 0; r < R; r++)
+				for (int i = 0; i < q->n_out; i++)
+					masked[(size_t)r * C + q->out_cols[i]] = 0.0f;
+		}
+	}
+	const float *gw = masked ? masked : w;
+#pragma omp parallel for schedule(static) if ((long)R * C > 65536)
 	for (int r = 0; r < R; r++) {
 		const float *row = w + (size_t)r * C;
 		for (int g = 0; g < q->n_groups; g++) {
@@ -353,7 +365,7 @@ static void quant_int(kn_qmatrix *q, const float *w, int mse)
 			size_t gi = kn_qgroup(q, r, c0);
 			float s, z;
 			if (q->p.group != KN_GROUP_TENSOR) {
-				best_grid(row + c0, q->gsize, q->p.bits, q->p.sym, mse, &s, &z);
+				best_grid(gw + (size_t)r * C + c0, q->gsize, q->p.bits, q->p.sym, mse, &s, &z);
 				q->scale[gi] = s;
 				if (q->zero)
 					q->zero[gi] = z;
@@ -364,6 +376,7 @@ static void quant_int(kn_qmatrix *q, const float *w, int mse)
 				kn_qcode_set(q, r, c, (unsigned)kn_int_quant(row[c], s, z, maxq));
 		}
 	}
+	free(masked);
 }
 
 /* NF4: absmax per block; double quantization of the absmax values as in

@@ -6,7 +6,8 @@
  *               consecutive elements of a row (group 0: the whole row, i.e.
  *               per output channel; group -1: one scale for the whole tensor).
  *               Asymmetric (sym 0): w = scale * (q - zero), q in [0, 2^b - 1],
- *               zero an integer stored per group. Symmetric (sym 1): the same
+ *               zero stored per group (an integer for min-max grids, any
+ *               FP16 value for HQQ). Symmetric (sym 1): the same
  *               grid with zero fixed at 2^(b-1) (not stored). Scales and zeros
  *               are FP16 in storage (values held as float, already rounded).
  *   KN_QF_GGML  a ggml block type (KN_TYPE_Q8_0, Q4_0, Q4_1): bytes exactly as
