@@ -14,8 +14,9 @@
  *    sigma*std. The count is exact when t <= sigma*std (std did not fall to
  *    less than half of an earlier estimate, or the stored tail never hit its
  *    cap of CALIB_TAIL_CAP values) and outlier_exact says so; otherwise it is
- *    a lower bound. Weights are one block (exact); activations after the
- *    first batch of 4096 rows are estimated to within a percent.
+ *    a lower bound. Weights of up to 4M values are one block, hence exact;
+ *    on debdoc every activation site comes out exact too (the first batch's
+ *    4096 rows already pin std down).
  *  - X^T X: ssyrk of each block (<= 65536 rows) into a float scratch, added
  *    into a double accumulator. Float inside a block keeps BLAS speed; double
  *    across blocks keeps the sum from drifting with the number of tokens
@@ -27,6 +28,7 @@
 #include <float.h>
 #include <math.h>
 #include <omp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,8 +77,6 @@ int calib_sample_ids(const int *ids, size_t n_ids, int bos, int n_seq, int seq_l
 	if (n_seq < 1 || seq_len < 2)
 		return qs_err(err, QS_EUSAGE, "calib: need at least 1 sequence of 2 tokens, got %d x %d",
 			      n_seq, seq_len);
-	if (bos < 0)
-		return qs_err(err, QS_EUSAGE, "calib: the tokenizer has no BOS token");
 	if (n_ids < (size_t)seq_len)
 		return qs_err(err, QS_EUSAGE,
 			      "calib: the text has %zu tokens, a %d-token window needs at least %d",
@@ -87,7 +87,8 @@ int calib_sample_ids(const int *ids, size_t n_ids, int bos, int n_seq, int seq_l
 		size_t u = (size_t)uniform(&st, span);
 		int *dst = tokens + (size_t)s * seq_len;
 		memcpy(dst, ids + u, sizeof(int) * (size_t)seq_len);
-		dst[0] = bos;
+		if (bos >= 0)
+			dst[0] = bos;
 		if (starts)
 			starts[s] = u;
 	}
@@ -117,7 +118,7 @@ int calib_sample_text(const model *m, const char *text, size_t len, const calib_
 		free(ids);
 		return qs_err(err, QS_ENOMEM, "calib: out of memory for %zu tokens", total);
 	}
-	rc = calib_sample_ids(ids, n, tok_bos(m->tok), o->n_samples, o->seq_len, o->seed, t, NULL,
+	rc = calib_sample_ids(ids, n, o->raw_windows ? -1 : tok_bos(m->tok), o->n_samples, o->seq_len, o->seed, t, NULL,
 			      err);
 	free(ids);
 	if (rc) {
@@ -152,50 +153,80 @@ float calib_hist_edge(int i)
 	return i < 0 ? 0.0f : hist_edge[i > CALIB_HIST_BINS ? CALIB_HIST_BINS : i];
 }
 
-int calib_hist_bin(float x)
+/* Slots of the hot loop's counters: bins 0..63, then these. */
+enum { SLOT_ZERO = CALIB_HIST_BINS, SLOT_UNDER, SLOT_OVER, SLOT_NONFINITE, N_SLOTS };
+
+/* The bin of |x| from its bits: the float's exponent and top 3 mantissa bits
+ * (u >> 20) pick a range spanning a ratio <= 1.125, less than one bin (1.33),
+ * so at most one edge falls inside it; the table holds the bin at the range's
+ * start and the bits of that edge. One lookup and one compare, exact against
+ * the edge table. Built once (pthread_once). */
+typedef struct bin_entry {
+	uint32_t split; /* bits of the edge inside the range, or UINT32_MAX */
+	int32_t bin;    /* bin of the range's first float */
+} bin_entry;
+
+#define KEY_SHIFT 20
+static uint32_t edge_lo_bits, edge_hi_bits, key0;
+static bin_entry bin_tab[(255 << 3) + 8];
+static pthread_once_t bin_once = PTHREAD_ONCE_INIT;
+
+static uint32_t fbits(float f)
 {
-	float a = fabsf(x);
-	if (!(a <= FLT_MAX))
-		return -4;
-	if (a == 0.0f)
-		return -1;
-	if (a < hist_edge[0])
-		return -2;
-	if (a >= hist_edge[CALIB_HIST_BINS])
-		return -3;
-	/* log2 from the bits with a linear mantissa (error < 0.087), i.e.
-	 * within 0.21 bins; then step to the exact bin against the edge table */
 	uint32_t u;
-	memcpy(&u, &a, sizeof(u));
-	float l2 = (float)((int)(u >> 23) - 127) + (float)(u & 0x7fffff) * (1.0f / 8388608.0f);
-	int b = (int)((l2 * 0.30103f + 4.0f) * (float)CALIB_HIST_PER_DECADE);
-	b = b < 0 ? 0 : b >= CALIB_HIST_BINS ? CALIB_HIST_BINS - 1 : b;
-	while (a < hist_edge[b])
-		b--;
-	while (a >= hist_edge[b + 1])
-		b++;
-	return b;
+	memcpy(&u, &f, sizeof(u));
+	return u;
 }
 
-static void hist_add(calib_hist *h, int b)
+static void bin_tab_init(void)
 {
-	switch (b) {
-	case -1: h->zero++; break;
-	case -2: h->under++; break;
-	case -3: h->over++; break;
-	case -4: h->nonfinite++; break;
-	default: h->bin[b]++;
+	edge_lo_bits = fbits(hist_edge[0]);
+	edge_hi_bits = fbits(hist_edge[CALIB_HIST_BINS]);
+	key0 = edge_lo_bits >> KEY_SHIFT;
+	uint32_t key1 = (edge_hi_bits - 1) >> KEY_SHIFT;
+	int b = 0;
+	for (uint32_t k = key0; k <= key1; k++) {
+		uint32_t lo = k << KEY_SHIFT, hi = (k + 1) << KEY_SHIFT;
+		if (lo < edge_lo_bits)
+			lo = edge_lo_bits;
+		while (b + 1 <= CALIB_HIST_BINS && fbits(hist_edge[b + 1]) <= lo)
+			b++;
+		bin_entry *e = &bin_tab[k - key0];
+		e->bin = b;
+		e->split = b + 1 <= CALIB_HIST_BINS && fbits(hist_edge[b + 1]) < hi
+				   ? fbits(hist_edge[b + 1]) : UINT32_MAX;
 	}
 }
 
-static void hist_merge(calib_hist *d, const calib_hist *s)
+static inline int hist_slot(float x)
 {
-	d->zero += s->zero;
-	d->under += s->under;
-	d->over += s->over;
-	d->nonfinite += s->nonfinite;
+	uint32_t u = fbits(x) & 0x7fffffffu;
+	if (u - edge_lo_bits < edge_hi_bits - edge_lo_bits) {
+		const bin_entry *e = &bin_tab[(u >> KEY_SHIFT) - key0];
+		return e->bin + (u >= e->split);
+	}
+	if (u == 0)
+		return SLOT_ZERO;
+	if (u < edge_lo_bits)
+		return SLOT_UNDER;
+	return u < 0x7f800000u ? SLOT_OVER : SLOT_NONFINITE;
+}
+
+int calib_hist_bin(float x)
+{
+	pthread_once(&bin_once, bin_tab_init);
+	int s = hist_slot(x);
+	return s < CALIB_HIST_BINS ? s : -(s - CALIB_HIST_BINS + 1);
+}
+
+static void hist_from_slots(calib_hist *h, const int64_t *slot)
+{
 	for (int i = 0; i < CALIB_HIST_BINS; i++)
-		d->bin[i] += s->bin[i];
+		h->bin[i] += slot[i];
+	h->zero += slot[SLOT_ZERO];
+	h->under += slot[SLOT_UNDER];
+	h->over += slot[SLOT_OVER];
+	h->nonfinite += slot[SLOT_NONFINITE];
 }
 
 /* ---------------------------------------------------------------- accumulator */
@@ -203,7 +234,7 @@ static void hist_merge(calib_hist *d, const calib_hist *s)
 typedef struct tail_buf {
 	float *v;  /* stored |x| > keep threshold */
 	size_t n, cap;
-	calib_hist hist;
+	int64_t slot[N_SLOTS];
 	double s2, s3, s4;
 	double sum;
 	int oom;
@@ -264,6 +295,7 @@ calib_acc *calib_acc_new(int cols, float outlier_k, float sigma, int want_xtx, q
 		       (double)outlier_k, (double)sigma);
 		return NULL;
 	}
+	pthread_once(&bin_once, bin_tab_init);
 	calib_acc *a = calloc(1, sizeof(*a));
 	if (!a) {
 		qs_err(err, QS_ENOMEM, "calib: out of memory");
@@ -398,7 +430,7 @@ static int acc_block(calib_acc *a, const float *x, int rows, qs_error *err)
 			}
 			for (size_t i = i0; i < i1; i++) {
 				float av = fabsf(x[i]);
-				hist_add(&b->hist, calib_hist_bin(av));
+				b->slot[hist_slot(av)]++;
 				if (av > kt && !b->oom) {
 					if (b->n == b->cap) {
 						size_t nc = b->cap ? 2 * b->cap : 1024;
@@ -427,8 +459,8 @@ static int acc_block(calib_acc *a, const float *x, int rows, qs_error *err)
 		M3 += b->s3;
 		M4 += b->s4;
 		b->s2 = b->s3 = b->s4 = 0; /* a region may run on fewer threads */
-		hist_merge(&a->hist, &b->hist);
-		memset(&b->hist, 0, sizeof(b->hist));
+		hist_from_slots(&a->hist, b->slot);
+		memset(b->slot, 0, sizeof(b->slot));
 	}
 	moments_merge(a, nb, bmean, M2, M3, M4);
 	if (tail_total(a) > CALIB_TAIL_CAP) {
@@ -491,6 +523,45 @@ static int cmp_float(const void *p, const void *q)
 	return (a > b) - (a < b);
 }
 
+int calib_stats_outlier_channels(calib_stats *s, float k, qs_error *err)
+{
+	const int C = s->cols;
+	free(s->outlier_ch);
+	s->outlier_ch = NULL;
+	s->n_outlier_ch = 0;
+	s->outlier_k = k;
+	if (C < 1 || !s->absmax)
+		return 0;
+	float *sorted = malloc(sizeof(float) * (size_t)C);
+	ch_val *cv = malloc(sizeof(ch_val) * (size_t)C);
+	if (!sorted || !cv) {
+		free(sorted);
+		free(cv);
+		return qs_err(err, QS_ENOMEM, "calib: out of memory");
+	}
+	memcpy(sorted, s->absmax, sizeof(float) * (size_t)C);
+	qsort(sorted, (size_t)C, sizeof(float), cmp_float);
+	double med = C % 2 ? sorted[C / 2] : 0.5 * ((double)sorted[C / 2 - 1] + sorted[C / 2]);
+	s->median_absmax = med;
+	double lim = (double)k * med;
+	int no = 0;
+	for (int j = 0; j < C; j++)
+		if ((double)s->absmax[j] > lim)
+			cv[no++] = (ch_val){ s->absmax[j], j };
+	qsort(cv, (size_t)no, sizeof(ch_val), cmp_ch_desc);
+	if (no && !(s->outlier_ch = malloc(sizeof(int) * (size_t)no))) {
+		free(sorted);
+		free(cv);
+		return qs_err(err, QS_ENOMEM, "calib: out of memory");
+	}
+	for (int i = 0; i < no; i++)
+		s->outlier_ch[i] = cv[i].i;
+	s->n_outlier_ch = no;
+	free(sorted);
+	free(cv);
+	return 0;
+}
+
 int calib_acc_finish(calib_acc *a, calib_stats *out, qs_error *err)
 {
 	const int C = a->cols;
@@ -503,11 +574,7 @@ int calib_acc_finish(calib_acc *a, calib_stats *out, qs_error *err)
 	out->sigma = a->sigma;
 	out->mean_abs = malloc(sizeof(float) * (size_t)C);
 	out->rms = malloc(sizeof(float) * (size_t)C);
-	float *sorted = malloc(sizeof(float) * (size_t)C);
-	ch_val *cv = malloc(sizeof(ch_val) * (size_t)C);
-	if (!out->mean_abs || !out->rms || !sorted || !cv) {
-		free(sorted);
-		free(cv);
+	if (!out->mean_abs || !out->rms) {
 		calib_stats_release(out);
 		return qs_err(err, QS_ENOMEM, "calib: out of memory");
 	}
@@ -536,31 +603,11 @@ int calib_acc_finish(calib_acc *a, calib_stats *out, qs_error *err)
 	out->n_outlier_vals = cnt;
 	out->outlier_frac = n > 0 ? (double)cnt / n : 0;
 	out->outlier_exact = a->keep <= thr;
-	/* outlier channels against the median channel absmax */
-	memcpy(sorted, out->absmax, sizeof(float) * (size_t)C);
-	qsort(sorted, (size_t)C, sizeof(float), cmp_float);
-	double med = C % 2 ? sorted[C / 2] : 0.5 * ((double)sorted[C / 2 - 1] + sorted[C / 2]);
-	out->median_absmax = med;
-	double lim = (double)a->k * med;
-	int no = 0;
-	for (int j = 0; j < C; j++)
-		if ((double)out->absmax[j] > lim)
-			cv[no++] = (ch_val){ out->absmax[j], j };
-	qsort(cv, (size_t)no, sizeof(ch_val), cmp_ch_desc);
-	out->n_outlier_ch = no;
-	if (no) {
-		out->outlier_ch = malloc(sizeof(int) * (size_t)no);
-		if (!out->outlier_ch) {
-			free(sorted);
-			free(cv);
-			calib_stats_release(out);
-			return qs_err(err, QS_ENOMEM, "calib: out of memory");
-		}
-		for (int i = 0; i < no; i++)
-			out->outlier_ch[i] = cv[i].i;
+	int rc = calib_stats_outlier_channels(out, a->k, err);
+	if (rc) {
+		calib_stats_release(out);
+		return rc;
 	}
-	free(sorted);
-	free(cv);
 	if (a->xtx) {
 		double *h = a->xtx;
 		for (int i = 0; i < C; i++)
@@ -1005,6 +1052,22 @@ int calib_collect(const model *m, const char *text, size_t len, const calib_opts
 		} else {
 			calib_set *c = NULL;
 			int lr = calib_cache_load(info->path, m, key, &c, &ce);
+			if (lr == 1 && c->opts.outlier_k != opts.outlier_k) {
+				/* outlier channels derive from the cached absmax */
+				c->opts.outlier_k = opts.outlier_k;
+				for (int l = -1; l < c->n_layers && lr == 1; l++) {
+					calib_layer_stats *ls = l < 0 ? &c->head : &c->layers[l];
+					for (int i = 0; i < ls->n_sites && lr == 1; i++)
+						if (calib_stats_outlier_channels(&ls->site[i],
+										 opts.outlier_k, err))
+							lr = -1;
+				}
+				if (lr != 1) {
+					calib_set_free(c);
+					free(tokens);
+					return err ? err->code : QS_ENOMEM;
+				}
+			}
 			if (lr == 1) {
 				c->opts.batch = opts.batch;
 				c->text_tokens = (int64_t)n_text;

@@ -49,6 +49,8 @@ typedef struct calib_opts {
 	float outlier_k; /* outlier channel: absmax > k * median channel absmax (20) */
 	float sigma;     /* outlier value: |x| > sigma * per-tensor std (6) */
 	int xtx;         /* calib_run: accumulate X^T X per site (1) */
+	int raw_windows; /* 1: windows as they are in the text (GPTQ's reference);
+			  * 0: first token replaced by BOS (0) */
 } calib_opts;
 
 void calib_opts_default(calib_opts *o);
@@ -59,7 +61,7 @@ void calib_opts_default(calib_opts *o);
  * s starts at offset u_s drawn uniformly from [0, n_ids - seq_len] by a
  * splitmix64 generator seeded with seed, and its first token is replaced by
  * bos (as llama.cpp's perplexity protocol does for each chunk), so every
- * sequence starts like a document. Windows may overlap. starts (n_seq) may be
+ * sequence starts like a document; bos < 0 keeps the windows as they are. Windows may overlap. starts (n_seq) may be
  * NULL. Error if the text has fewer than seq_len tokens. */
 int calib_sample_ids(const int *ids, size_t n_ids, int bos, int n_seq, int seq_len,
 		     uint64_t seed, int *tokens, size_t *starts, qs_error *err);
@@ -127,6 +129,10 @@ typedef struct calib_stats {
 
 void calib_stats_release(calib_stats *s);
 
+/* (Re)compute median_absmax and the outlier channel list of s for a new k
+ * from s->absmax (no data needed: a cached result serves any k). */
+int calib_stats_outlier_channels(calib_stats *s, float k, qs_error *err);
+
 /* The streaming accumulator. calib_acc_add may be called any number of times
  * with blocks of rows; calib_acc_finish moves the result into *out (which the
  * caller releases) and leaves the accumulator empty but reusable only after
@@ -174,7 +180,7 @@ int calib_stream_batches(const calib_stream *s);
 /* The residual stream entering layer calib_stream_next: (n_seq * seq_len,
  * dim), row-major, sequence by sequence; the caller may read or replace it. */
 float *calib_stream_hidden(calib_stream *s);
-/* The forward context (e.g. to set threads-independent options); borrowed. */
+/* The forward context the stream runs on (borrowed). */
 fwd_ctx *calib_stream_fwd(calib_stream *s);
 
 /* Run layer calib_stream_next(s) over all sequences, batch by batch, calling
@@ -246,7 +252,8 @@ typedef struct calib_cache_info {
 
 /* Sample (calib_sample_text), run (calib_run with xtx off) and keep every
  * layer's statistics. With cache_dir non-NULL, first look for a valid cache
- * file for calib_key(...) there and use it; otherwise compute and write it
+ * file for calib_key(...) there and use it (recomputing the outlier channels
+ * if o->outlier_k differs from the file's); otherwise compute and write it
  * (atomically). A missing, corrupt or unwritable cache is not an error: it
  * is reported in info->warning and the statistics are computed. *out is
  * caller-freed with calib_set_free. info may be NULL. */
@@ -261,9 +268,11 @@ int calib_collect(const model *m, const char *text, size_t len, const calib_opts
 uint64_t calib_hash64(const void *data, size_t n, uint64_t seed);
 
 /* The cache key: every tensor's name, type, shape and bytes; the config; the
- * calibration text; n_samples, seq_len, seed, outlier_k, sigma and the
- * histogram layout; and the cache format version. Not batch or threads
- * (they change only float rounding) and not xtx (the cache holds no X^T X). */
+ * calibration text; n_samples, seq_len, seed, sigma and the histogram
+ * layout; and the cache format version. Not outlier_k (outlier channels are
+ * recomputed from the cached per-channel absmax, so --outlier-k never forces
+ * a new calibration), not batch or threads (they change only float
+ * rounding) and not xtx (the cache holds no X^T X). */
 uint64_t calib_key(const model *m, const char *text, size_t len, const calib_opts *o);
 
 /* The cache folder: $QSCOPE_CACHE, else $XDG_CACHE_HOME/qscope, else

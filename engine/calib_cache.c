@@ -158,7 +158,6 @@ uint64_t calib_key(const model *m, const char *text, size_t len, const calib_opt
 	h = hash_i64(h, o->n_samples);
 	h = hash_i64(h, o->seq_len);
 	h = hash_i64(h, (int64_t)o->seed);
-	h = hash_f64(h, o->outlier_k);
 	h = hash_f64(h, o->sigma);
 	h = hash_i64(h, CALIB_HIST_BINS);
 	h = hash_i64(h, CALIB_HIST_PER_DECADE);

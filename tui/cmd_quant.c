@@ -15,7 +15,7 @@ static common co;
 static const char *q_method = "rtn", *q_format, *q_spec, *q_include, *q_exclude, *q_eval;
 static const char *q_act_per = "token";
 static int q_bits = 4, q_group = 128, q_sym, q_asym, q_act_order, q_static, q_mse, q_act_bits;
-static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512;
+static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos;
 static float q_alpha = -1, q_damp = 0.01f, q_outliers;
 
 static const opt o_quant[] = {
@@ -45,6 +45,7 @@ static const opt o_quant[] = {
 	{ NULL, "--kld", OPT_FLAG, &q_kld, NULL, "KL divergence against the unquantized model (llama.cpp's statistics)" },
 	{ NULL, "--samples", OPT_INT, &q_samples, "N", "calibration sequences (default 128)" },
 	{ NULL, "--seq-len", OPT_INT, &q_seq, "L", "calibration sequence length (default 512)" },
+	{ NULL, "--calib-raw", OPT_FLAG, &q_bos, NULL, "calibration windows as they are in the text (default: first token replaced by BOS)" },
 	{ NULL, "--seed", OPT_INT, &q_seed, "S", "calibration sampling seed (default 0)" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
 	{ NULL, "--dry-run", OPT_FLAG, &q_dry, NULL, "print the per-tensor plan with bytes and bpw; do not quantize" },
@@ -189,6 +190,7 @@ int cmd_quant(int argc, char **argv)
 		copts.n_samples = q_samples;
 		copts.seq_len = q_seq;
 		copts.seed = (uint64_t)q_seed;
+		copts.raw_windows = q_bos;
 		if ((rc = cli_read_text(cf, &text, &len)))
 			goto out;
 		if (calib_sample_text(m, text, len, &copts, &calib, NULL, &err)) {
