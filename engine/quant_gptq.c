@@ -32,11 +32,11 @@
  *     agree. To keep the result independent of the block size, a block is
  *     ended early before a group that would start inside it and run past
  *     its end.
- *   - act_order with groups uses static groups (grids of the original
- *     column groups computed before the pass): the reference's non-static
- *     act_order groups follow the permuted order, which needs a per-column
- *     group index (g_idx in AutoGPTQ/GPTQModel) that kn_qmatrix does not
- *     store.
+ *   - act_order with groups (without static_groups) follows the reference:
+ *     groups are runs of gsize positions in the permuted order, so each
+ *     column's group is recorded in q->g_idx (AutoGPTQ/GPTQModel's g_idx,
+ *     counted in the storage as an int32 per column); static_groups keeps
+ *     the original column groups with grids computed before the pass.
  *   - Outlier columns (q->out_cols, kept in FP16 by the format) are not
  *     quantized: they are processed last, after every quantized column, so
  *     they absorb as much of the error feedback as possible, their own
@@ -311,8 +311,9 @@ int quant_gptq(kn_qmatrix *q, const float *W, const double *H, long n, const qua
 	const int B = s->block < C ? s->block : C;
 	const int n_out = q->n_out, nq = C - n_out;
 	const int grouped = q->p.group > 0;
-	/* act_order + groups: static groups (see the top of the file) */
-	const int static_groups = grouped && (s->static_groups || s->act_order);
+	/* act_order + groups without static_groups: groups are runs of the
+	 * processing order, recorded per column in q->g_idx (see the top) */
+	const int static_groups = grouped && s->static_groups;
 	const int dynamic = grouped && !static_groups;
 	const int nth = omp_get_max_threads();
 	int rc = 0;
@@ -396,11 +397,25 @@ int quant_gptq(kn_qmatrix *q, const float *W, const double *H, long n, const qua
 		for (int i = 0; i < n_out; i++)
 			perm[nq + i] = q->out_cols[i];
 	}
-	if (dynamic) { /* no act_order here: groups are runs of positions */
+	free(q->g_idx);
+	q->g_idx = NULL;
+	if (dynamic && s->act_order) {
+		/* groups of gsize consecutive positions in act order */
+		if (!(q->g_idx = calloc((size_t)C, sizeof(int32_t)))) {
+			rc = qs_err(err, QS_ENOMEM, "gptq: out of memory for a %d x %d matrix", R, C);
+			goto out;
+		}
+		for (int k = 0; k < nq; k++) {
+			q->g_idx[perm[k]] = k / q->gsize;
+			gstart[k] = k / q->gsize * q->gsize;
+		}
+	} else if (dynamic) { /* groups are runs of original columns */
 		for (int k = 0; k < nq; k++) {
 			const int g = perm[k] / q->gsize;
 			gstart[k] = k > 0 && perm[k - 1] / q->gsize == g ? gstart[k - 1] : k;
 		}
+	}
+	if (dynamic) {
 		for (int k = nq - 1; k >= 0; k--)
 			gend[k] = k + 1 < nq && gstart[k + 1] == gstart[k] ? gend[k + 1] : k + 1;
 	}

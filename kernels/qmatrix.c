@@ -199,6 +199,7 @@ void kn_qmatrix_release(kn_qmatrix *q)
 	free(q->zero);
 	free(q->out_cols);
 	free(q->out_vals);
+	free(q->g_idx);
 	memset(q, 0, sizeof(*q));
 }
 
@@ -268,7 +269,8 @@ size_t kn_qmatrix_bytes(const kn_qmatrix *q)
 	int gs, ng;
 	shape_groups(&q->p, q->rows, q->cols, &gs, &ng, &ns);
 	return (size_t)q->rows * q->code_stride + scale_bytes(&q->p, ns) +
-	       (size_t)q->n_out * 4 + (size_t)q->n_out * (size_t)q->rows * 2;
+	       (size_t)q->n_out * 4 + (size_t)q->n_out * (size_t)q->rows * 2 +
+	       (q->g_idx ? (size_t)q->cols * 4 : 0);
 }
 
 static float fp16_round(float x) { return kn_fp16_to_fp32_ref(kn_fp32_to_fp16_ref(x)); }
@@ -486,6 +488,14 @@ static void dequant_row(const kn_qmatrix *q, int r, float *y)
 	case KN_QF_INT: {
 		const int maxq = (1 << q->p.bits) - 1;
 		const float zs = (float)((maxq + 1) / 2);
+		if (q->g_idx) {
+			for (int c = 0; c < C; c++) {
+				size_t gi = kn_qgroup(q, r, c);
+				float z = q->zero ? q->zero[gi] : zs;
+				y[c] = q->scale[gi] * ((float)kn_qcode_get(q, r, c) - z);
+			}
+			break;
+		}
 		for (int g = 0; g < q->n_groups; g++) {
 			const int c0 = g * q->gsize;
 			size_t gi = kn_qgroup(q, r, c0);

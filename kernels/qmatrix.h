@@ -62,6 +62,10 @@ typedef struct kn_qmatrix {
 	size_t code_stride; /* bytes per row */
 	float *scale;       /* INT/NF4: (rows, n_groups) or (1) for TENSOR; FP8: (rows) */
 	float *zero;        /* INT asym: same shape as scale; NULL otherwise */
+	int32_t *g_idx;     /* (cols) scale group of each column within its row, or
+			     * NULL for consecutive runs of gsize (GPTQ's act-order
+			     * groups follow the processing order: stored as int32
+			     * per column, as GPTQ's g_idx) */
 	int n_out;          /* outlier columns kept in FP16 */
 	int32_t *out_cols;  /* (n_out), ascending */
 	uint16_t *out_vals; /* (rows, n_out) fp16 */
@@ -111,6 +115,8 @@ static inline size_t kn_qgroup(const kn_qmatrix *q, int r, int c)
 {
 	if (q->p.group == KN_GROUP_TENSOR)
 		return 0;
+	if (q->g_idx)
+		return (size_t)r * (size_t)q->n_groups + (size_t)q->g_idx[c];
 	return (size_t)r * (size_t)q->n_groups + (size_t)(c / q->gsize);
 }
 

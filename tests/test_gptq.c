@@ -144,7 +144,10 @@ static void ref_gptq(kn_qmatrix *q, const float *W, const double *H, long n, con
 	const int R = q->rows, C = q->cols, bits = q->p.bits, sym = q->p.sym;
 	const int maxq = (1 << bits) - 1, gs = q->gsize;
 	const int grouped = q->p.group > 0;
-	const int statg = grouped && (s->static_groups || s->act_order);
+	const int statg = grouped && s->static_groups;
+	/* act_order without static groups: groups are runs of gs positions in
+	 * the processing order (GPTQ's g_idx) */
+	const int permg = grouped && !statg && s->act_order;
 	const double f = 2.0 / (double)n;
 	unsigned char *isout = calloc(C, 1), *dead = calloc(C, 1);
 	double *Wd = malloc(sizeof(double) * R * C), *Hi = malloc(sizeof(double) * C * C);
@@ -200,6 +203,13 @@ static void ref_gptq(kn_qmatrix *q, const float *W, const double *H, long n, con
 				order[j] = order[j - 1];
 				order[j - 1] = t;
 			}
+	const int nq = m;
+	if (permg) {
+		free(q->g_idx);
+		q->g_idx = calloc((size_t)C, sizeof(int32_t));
+		for (int k = 0; k < nq; k++)
+			q->g_idx[order[k]] = k / gs;
+	}
 	for (int c = 0; c < C; c++)
 		if (isout[c])
 			order[m++] = c;
@@ -227,9 +237,13 @@ static void ref_gptq(kn_qmatrix *q, const float *W, const double *H, long n, con
 				size_t gi = kn_qgroup(q, r, c);
 				if (grouped && !statg && !have[gi]) { /* group's first column */
 					int mm = 0;
-					for (int cc = c / gs * gs; cc < (c / gs + 1) * gs; cc++)
-						if (!isout[cc])
-							buf[mm++] = (float)Wd[r * C + cc];
+					if (permg)
+						for (int kk = k; kk < k + gs && kk < nq; kk++)
+							buf[mm++] = (float)Wd[r * C + order[kk]];
+					else
+						for (int cc = c / gs * gs; cc < (c / gs + 1) * gs; cc++)
+							if (!isout[cc])
+								buf[mm++] = (float)Wd[r * C + cc];
 					float sc, zp;
 					ref_grid(buf, mm, bits, sym, s->mse, &sc, &zp);
 					q->scale[gi] = sc;
