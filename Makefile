@@ -30,7 +30,7 @@ HELP_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TEST_HELP))
 LIB      := $(BUILD)/libqscope.a
 BIN      := $(BUILD)/qscope
 
-.PHONY: all test check asan bench clean install run deps layering fuzz
+.PHONY: all test check asan bench quality clean install run deps layering
 all: $(BIN) qscope
 
 qscope: $(BIN)
@@ -73,6 +73,9 @@ asan:
 
 bench: all
 	scripts/bench.sh
+
+quality: all
+	scripts/quality.sh
 
 deps:
 	scripts/deps.sh

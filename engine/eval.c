@@ -1,6 +1,7 @@
 #include "eval.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -124,13 +125,16 @@ static double pct(const double *sorted, long n, double p)
 /* KL(P || Q) over logits a (P) and b (Q), plus the probabilities of target
  * and whether the argmaxes agree. */
 static double kl_row(const float *a, const float *b, int V, int target, double *pa_t,
-		     double *pb_t, int *same)
+		     double *pb_t, int *same, float *scr)
 {
 	double la = kn_logsumexp(a, V), lb = kn_logsumexp(b, V), kl = 0;
+	const float fla = (float)la, flb = (float)lb;
 	int ia = 0, ib = 0;
+	for (int i = 0; i < V; i++)
+		scr[i] = a[i] - fla;
+	kn_exp(scr + V, scr, (size_t)V); /* p_a */
 	for (int i = 0; i < V; i++) {
-		double lpa = a[i] - la, lpb = b[i] - lb;
-		kl += exp(lpa) * (lpa - lpb);
+		kl += (double)(scr[V + i] * (scr[i] - (b[i] - flb)));
 		if (a[i] > a[ia])
 			ia = i;
 		if (b[i] > b[ib])
@@ -168,8 +172,9 @@ int eval_compare(const model *base, const model *test, const int *tokens, size_t
 	float *lb = malloc(sizeof(float) * (size_t)batch * per * V);
 	long total = (long)n_chunks * per;
 	double *kl = malloc(sizeof(double) * (size_t)total);
+	float *scr = malloc(sizeof(float) * 2 * (size_t)V * (size_t)omp_get_max_threads());
 	int rc = 0;
-	if (!fa || !fb || !toks || !la || !lb || !kl) {
+	if (!fa || !fb || !toks || !la || !lb || !kl || !scr) {
 		rc = fa && fb ? qs_err(err, QS_ENOMEM, "kld: out of memory") : (err ? err->code : QS_ENOMEM);
 		goto done;
 	}
@@ -195,7 +200,8 @@ int eval_compare(const model *base, const model *test, const int *tokens, size_t
 				const float *rb = lb + ((size_t)b * per + j) * V;
 				int tgt = src[first + j + 1], sm;
 				double pa, pb;
-				kl[k + (long)b * per + j] = kl_row(ra, rb, V, tgt, &pa, &pb, &sm);
+				kl[k + (long)b * per + j] = kl_row(ra, rb, V, tgt, &pa, &pb, &sm,
+								   scr + 2 * (size_t)V * omp_get_thread_num());
 				double va = -log(pa), vb = -log(pb);
 				s_a += va;
 				s2_a += va * va;
@@ -254,5 +260,6 @@ done:
 	free(la);
 	free(lb);
 	free(kl);
+	free(scr);
 	return rc;
 }

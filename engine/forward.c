@@ -36,6 +36,7 @@ struct fwd_ctx {
 	float *dec;             /* decode scratch */
 	fwd_capture_fn cap;
 	void *cap_user;
+	int stop_site;          /* fwd_layers returns after capturing this site (-1: never) */
 };
 
 static int g_threads;
@@ -146,6 +147,7 @@ fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err)
 			f->rope[((size_t)p * (hd / 2) + i) * 2] = cosf(a);
 			f->rope[((size_t)p * (hd / 2) + i) * 2 + 1] = sinf(a);
 		}
+	f->stop_site = -1;
 	fwd_reload(f);
 	return f;
 }
@@ -190,6 +192,8 @@ void fwd_free(fwd_ctx *f)
 	free(f->dec);
 	free(f);
 }
+
+void fwd_set_stop(fwd_ctx *f, int site) { f->stop_site = site; }
 
 void fwd_set_capture(fwd_ctx *f, fwd_capture_fn fn, void *user)
 {
@@ -298,6 +302,8 @@ int fwd_layers(fwd_ctx *f, int n_seq, int n_tok, int l0, int l1, qs_error *err)
 		rmsnorm_rows(f->xn, f->x, f->attn_norm + (size_t)l * D, N, D, c->eps);
 		if ((rc = capture(f, l, FWD_SITE_QKV, f->xn, (int)N, D, err)))
 			return rc;
+		if (f->stop_site == FWD_SITE_QKV)
+			return 0;
 		to_f32(ly->wq, f->w);
 		to_f32(ly->wk, f->w + (size_t)qd * D);
 		to_f32(ly->wv, f->w + (size_t)(qd + kvd) * D);
@@ -347,6 +353,8 @@ int fwd_layers(fwd_ctx *f, int n_seq, int n_tok, int l0, int l1, qs_error *err)
 		}
 		if ((rc = capture(f, l, FWD_SITE_ATTN_OUT, f->att, (int)N, qd, err)))
 			return rc;
+		if (f->stop_site == FWD_SITE_ATTN_OUT)
+			return 0;
 		to_f32(ly->wo, f->w);
 		/* x += att . Wo^T */
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, D, qd, 1.0f, f->att, qd,
@@ -355,6 +363,8 @@ int fwd_layers(fwd_ctx *f, int n_seq, int n_tok, int l0, int l1, qs_error *err)
 		rmsnorm_rows(f->xn, f->x, f->ffn_norm + (size_t)l * D, N, D, c->eps);
 		if ((rc = capture(f, l, FWD_SITE_FFN_IN, f->xn, (int)N, D, err)))
 			return rc;
+		if (f->stop_site == FWD_SITE_FFN_IN)
+			return 0;
 		to_f32(ly->w_gate, f->w);
 		to_f32(ly->w_up, f->w + (size_t)H * D);
 		gemm((int)N, 2 * H, D, f->xn, f->w, f->gu);
@@ -363,6 +373,8 @@ int fwd_layers(fwd_ctx *f, int n_seq, int n_tok, int l0, int l1, qs_error *err)
 			kn_swiglu(f->h + i * H, f->gu + i * 2 * H, f->gu + i * 2 * H + H, (size_t)H);
 		if ((rc = capture(f, l, FWD_SITE_FFN_DOWN, f->h, (int)N, H, err)))
 			return rc;
+		if (f->stop_site == FWD_SITE_FFN_DOWN)
+			return 0;
 		to_f32(ly->w_down, f->w);
 		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)N, D, H, 1.0f, f->h, H,
 			    f->w, H, 1.0f, f->x, D);

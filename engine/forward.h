@@ -38,6 +38,11 @@ void fwd_free(fwd_ctx *f);
 void fwd_reload(fwd_ctx *f);
 
 void fwd_set_capture(fwd_ctx *f, fwd_capture_fn fn, void *user);
+/* Make fwd_layers return right after capturing `site` (enum fwd_site) of the
+ * first layer it runs, leaving the residual stream unchanged: a pass that
+ * only collects one sub-layer's input (GPTQ's true-sequential order). -1
+ * (the default) runs every layer to the end. */
+void fwd_set_stop(fwd_ctx *f, int site);
 
 /* Threads for OpenMP loops and OpenBLAS (0: $QSCOPE_THREADS, else all cores). */
 void fwd_set_threads(int n);

@@ -281,6 +281,29 @@ static int progress_cb(void *user, long done, long total)
 	return 0;
 }
 
+/* FLOPs of one layer over the calibration tokens, up to and including the
+ * input of `stop` (-1: the whole layer), plus X^T X of the collected sites. */
+static double layer_flops(const qctx *c, int stop, int xtx_cols)
+{
+	const model_config *k = &c->m->cfg;
+	double T = (double)c->o->calib_len, n = (double)c->o->n_calib * T;
+	double D = k->dim, qd = (double)k->n_heads * k->head_dim, kvd = (double)k->n_kv_heads * k->head_dim;
+	double H = k->hidden;
+	double part[4] = {
+		0,                                                       /* qkv input: a norm */
+		2 * n * D * (qd + 2 * kvd) + 4.0 * k->n_heads * k->head_dim * n * (T + 1) / 2, /* qkv, attention */
+		2 * n * qd * D,                                          /* o */
+		2 * n * D * 2 * H,                                       /* gate, up */
+	};
+	double f = 0;
+	int last = stop < 0 ? 3 : stop;
+	for (int s = 0; s <= last; s++)
+		f += part[s];
+	if (stop < 0)
+		f += 2 * n * H * D; /* down */
+	return (f + n * (double)xtx_cols * xtx_cols) * 1e-9;
+}
+
 static int run_layer(qctx *c, int commit)
 {
 	double t0 = now_s();
@@ -405,8 +428,10 @@ static int scale_layer(qctx *c)
 			rc = qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
 	}
 	c->cap_site = -1;
-	if (!rc)
+	if (!rc) {
 		rc = run_layer(c, 0);
+		c->rep->calib_gflop += layer_flops(c, -1, 0);
+	}
 	for (int s = 0; s < 4 && !rc; s++) {
 		if (!want[s])
 			continue;
@@ -522,7 +547,11 @@ static int quantize_site(qctx *c, int site)
 		if (!(c->acc[site] = calib_acc_new(site_cols(cfg, site), 20.0f, 6.0f, xtx, c->err)))
 			return QS_ENOMEM;
 		c->cap_site = site;
-		if (!(rc = run_layer(c, 0)))
+		fwd_set_stop(calib_stream_fwd(c->st), site); /* the rest of the layer is not needed */
+		rc = run_layer(c, 0);
+		c->rep->calib_gflop += layer_flops(c, site, xtx ? site_cols(cfg, site) : 0);
+		fwd_set_stop(calib_stream_fwd(c->st), -1);
+		if (!rc)
 			rc = calib_acc_finish(c->acc[site], &st, c->err);
 		free_capture(c);
 		if (rc)
@@ -615,6 +644,7 @@ static int do_layer(qctx *c, int l)
 	if (!rc && c->st) {
 		c->cap_site = -1;
 		rc = run_layer(c, 1);
+		c->rep->calib_gflop += layer_flops(c, -1, 0);
 	}
 	for (int s = 0; s < 4 && !rc; s++) {
 		if (!(static_sites & (1 << s)))

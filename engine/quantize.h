@@ -51,6 +51,8 @@ typedef struct quant_opts {
 typedef struct quant_report {
 	double seconds;
 	double seconds_calib;  /* forward passes over the calibration data */
+	double calib_gflop;    /* their FLOPs: layers (partial for true-sequential
+				* passes) and X^T X accumulation */
 	double seconds_gptq;   /* inside quant_gptq */
 	double gptq_gflop;     /* Hessian accumulation and GPTQ updates */
 	size_t bytes, params;  /* of the whole quantized model */

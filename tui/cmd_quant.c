@@ -208,19 +208,6 @@ int cmd_quant(int argc, char **argv)
 		rc = err.code == QS_EUSAGE ? EXIT_USAGE : EXIT_INPUT;
 		goto out;
 	}
-	const char *ef = q_eval ? q_eval : "data/wikitext-2-test.txt";
-	size_t n;
-	if ((rc = cli_tokenize_file(m, ef, &ids, &n)))
-		goto out;
-	eval_ppl_opts eo = { .ctx = q_ctx, .n_chunks = q_chunks, .on_chunk = co.json ? NULL : on_chunk };
-	eval_cmp_result cr;
-	double te = cli_now();
-	if (eval_compare(m, qm, ids, n, &eo, &cr, &err)) {
-		fprintf(stderr, "qscope quant: %s\n", err.msg);
-		rc = EXIT_INPUT;
-		goto out;
-	}
-	te = cli_now() - te;
 	double bpw = 8.0 * (double)rep.bytes / (double)rep.params;
 	size_t base_bytes = model_bytes(m), qb = 0, qp = 0;
 	for (int i = 0; i < plan.n; i++) {
@@ -229,48 +216,78 @@ int cmd_quant(int argc, char **argv)
 		qp += (size_t)t->ne[0] * (size_t)t->ne[1];
 	}
 	double bpw_q = 8.0 * (double)qb / (double)qp;
-	if (co.json) {
-		json_t *j = json_pack("{s:s, s:s, s:i, s:f, s:f, s:f, s:f, s:I, s:I, s:f, s:f, s:f, s:i, s:i}",
-				      "model", m->path, "spec", sp, "tensors", plan.n, "ppl", cr.test.ppl,
-				      "ppl_stderr", cr.test.ppl_stderr, "ppl_base", cr.base.ppl,
-				      "ppl_base_stderr", cr.base.ppl_stderr, "bytes", (json_int_t)rep.bytes,
-				      "bytes_base", (json_int_t)base_bytes, "bpw", bpw,
-				      "seconds_quant", rep.seconds, "seconds_eval", te, "chunks",
-				      cr.test.chunks, "ctx", q_ctx);
-		json_object_set_new(j, "eval", json_string(ef));
-		json_object_set_new(j, "bpw_quantized", json_real(bpw_q));
-		json_object_set_new(j, "params_quantized", json_integer((json_int_t)qp));
-		json_object_set_new(j, "seconds_calib", json_real(rep.seconds_calib));
-		if (rep.seconds_gptq > 0) {
-			json_object_set_new(j, "seconds_gptq", json_real(rep.seconds_gptq));
-			json_object_set_new(j, "gptq_gflops", json_real(rep.gptq_gflop / rep.seconds_gptq));
-		}
-		if (q_kld) {
-			json_object_set_new(j, "kld_mean", json_real(cr.kld_mean));
-			json_object_set_new(j, "kld_stderr", json_real(cr.kld_stderr));
-			json_object_set_new(j, "kld_median", json_real(cr.kld_median));
-			json_object_set_new(j, "kld_p90", json_real(cr.kld_p90));
-			json_object_set_new(j, "kld_p99", json_real(cr.kld_p99));
-			json_object_set_new(j, "kld_max", json_real(cr.kld_max));
-			json_object_set_new(j, "same_top_pct", json_real(cr.same_top_pct));
-			json_object_set_new(j, "rms_dp_pct", json_real(cr.rms_dp));
-		}
-		rc = cli_dump_json(j);
-	} else {
+	json_t *j = json_pack("{s:s, s:s, s:i, s:I, s:I, s:f, s:f, s:I, s:f, s:f, s:i}", "model",
+			      m->path, "spec", sp, "tensors", plan.n, "bytes", (json_int_t)rep.bytes,
+			      "bytes_base", (json_int_t)base_bytes, "bpw", bpw, "bpw_quantized", bpw_q,
+			      "params_quantized", (json_int_t)qp, "seconds_quant", rep.seconds,
+			      "seconds_calib", rep.seconds_calib, "ctx", q_ctx);
+	json_t *evals = json_array();
+	if (rep.seconds_calib > 0)
+		json_object_set_new(j, "calib_gflops", json_real(rep.calib_gflop / rep.seconds_calib));
+	if (rep.seconds_gptq > 0) {
+		json_object_set_new(j, "seconds_gptq", json_real(rep.seconds_gptq));
+		json_object_set_new(j, "gptq_gflops", json_real(rep.gptq_gflop / rep.seconds_gptq));
+	}
+	if (!co.json) {
 		printf("spec           %s on %d tensors\n", sp, plan.n);
 		printf("size           %.3f MB -> %.3f MB: %.3f bits per weight over the model, %.3f over the %zu quantized weights\n",
 		       base_bytes / 1e6, rep.bytes / 1e6, bpw, bpw_q, qp);
-		printf("time           quantize %.2f s (calibration passes %.2f s), evaluate %.2f s\n",
-		       rep.seconds, rep.seconds_calib, te);
-		printf("perplexity     %.4f +/- %.4f (unquantized %.4f +/- %.4f, %+.2f%%) on %s, %d chunks\n",
-		       cr.test.ppl, cr.test.ppl_stderr, cr.base.ppl, cr.base.ppl_stderr,
-		       100.0 * (cr.test.ppl / cr.base.ppl - 1), ef, cr.test.chunks);
+		printf("time           quantize %.2f s (calibration passes %.2f s)\n", rep.seconds,
+		       rep.seconds_calib);
+	}
+	/* one or more evaluation texts, comma-separated */
+	char evl[4096];
+	snprintf(evl, sizeof(evl), "%s", q_eval ? q_eval : "data/wikitext-2-test.txt");
+	for (char *ef = strtok(evl, ","); ef; ef = strtok(NULL, ",")) {
+		size_t n;
+		free(ids);
+		ids = NULL;
+		if ((rc = cli_tokenize_file(m, ef, &ids, &n)))
+			break;
+		eval_ppl_opts eo = { .ctx = q_ctx, .n_chunks = q_chunks,
+				     .on_chunk = co.json ? NULL : on_chunk };
+		eval_cmp_result cr;
+		double te = cli_now();
+		if (eval_compare(m, qm, ids, n, &eo, &cr, &err)) {
+			fprintf(stderr, "qscope quant: %s\n", err.msg);
+			rc = EXIT_INPUT;
+			break;
+		}
+		te = cli_now() - te;
+		json_t *e = json_pack("{s:s, s:f, s:f, s:f, s:f, s:i, s:f}", "eval", ef, "ppl", cr.test.ppl,
+				      "ppl_stderr", cr.test.ppl_stderr, "ppl_base", cr.base.ppl,
+				      "ppl_base_stderr", cr.base.ppl_stderr, "chunks", cr.test.chunks,
+				      "seconds_eval", te);
 		if (q_kld) {
-			printf("KLD            mean %.6f +/- %.6f, median %.6f, p90 %.6f, p99 %.6f, max %.4f\n",
-			       cr.kld_mean, cr.kld_stderr, cr.kld_median, cr.kld_p90, cr.kld_p99, cr.kld_max);
-			printf("same top token %.2f%%, RMS delta p %.3f%%\n", cr.same_top_pct, cr.rms_dp);
+			json_object_set_new(e, "kld_mean", json_real(cr.kld_mean));
+			json_object_set_new(e, "kld_stderr", json_real(cr.kld_stderr));
+			json_object_set_new(e, "kld_median", json_real(cr.kld_median));
+			json_object_set_new(e, "kld_p90", json_real(cr.kld_p90));
+			json_object_set_new(e, "kld_p99", json_real(cr.kld_p99));
+			json_object_set_new(e, "kld_max", json_real(cr.kld_max));
+			json_object_set_new(e, "same_top_pct", json_real(cr.same_top_pct));
+			json_object_set_new(e, "rms_dp_pct", json_real(cr.rms_dp));
+		}
+		if (json_array_size(evals) == 0) /* the first text's figures at the top level */
+			json_object_update(j, e);
+		json_array_append_new(evals, e);
+		if (!co.json) {
+			printf("perplexity     %.4f +/- %.4f (unquantized %.4f +/- %.4f, %+.2f%%) on %s, %d chunks, %.1f s\n",
+			       cr.test.ppl, cr.test.ppl_stderr, cr.base.ppl, cr.base.ppl_stderr,
+			       100.0 * (cr.test.ppl / cr.base.ppl - 1), ef, cr.test.chunks, te);
+			if (q_kld) {
+				printf("KLD            mean %.6f +/- %.6f, median %.6f, p90 %.6f, p99 %.6f, max %.4f\n",
+				       cr.kld_mean, cr.kld_stderr, cr.kld_median, cr.kld_p90, cr.kld_p99,
+				       cr.kld_max);
+				printf("same top token %.2f%%, RMS delta p %.3f%%\n", cr.same_top_pct, cr.rms_dp);
+			}
 		}
 	}
+	json_object_set_new(j, "evals", evals);
+	if (!rc && co.json)
+		rc = cli_dump_json(j);
+	else
+		json_decref(j);
 out:
 	free(ids);
 	free(calib);
