@@ -206,6 +206,111 @@ static void test_info_json(void **s)
 	free(out);
 }
 
+static json_t *quant_json(const char *args)
+{
+	char cmd[4096], *out;
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s -f %s --eval %s --json %s", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"), tu_shared("data/debdoc-calib.txt"),
+		 tu_shared("data/wikitext-2-test.txt"), args);
+	int rc = run(cmd, &out);
+	if (rc != 0) {
+		char *e = last_stderr();
+		fail_msg("quant %s: exit %d: %s", args, rc, e ? e : "");
+	}
+	json_error_t je;
+	json_t *j = json_loads(out, 0, &je);
+	assert_non_null(j);
+	free(out);
+	return j;
+}
+
+static double jnum(json_t *j, const char *k)
+{
+	json_t *v = json_object_get(j, k);
+	assert_non_null(v);
+	return json_number_value(v);
+}
+
+/* The methods that use calibration beat plain rounding on the real model
+ * (small calibration and few chunks keep it quick; the full-size figures
+ * are in docs/QUALITY.md): GPTQ and AWQ against RTN at 3 bits, SmoothQuant
+ * against naive W8A8 with static activation scales. */
+static void test_quant_methods(void **s)
+{
+	(void)s;
+	if (tu_asan()) /* the sanitizer build runs the same code in test_quant */
+		skip();
+	const char *common = "--samples 16 --seq-len 256 --chunks 6";
+	char a[256];
+	snprintf(a, sizeof(a), "--spec int3g128 %s", common);
+	json_t *rtn = quant_json(a);
+	snprintf(a, sizeof(a), "--spec gptq:int3g128 %s", common);
+	json_t *gptq = quant_json(a);
+	snprintf(a, sizeof(a), "--spec awq:int3g128 %s", common);
+	json_t *awq = quant_json(a);
+	snprintf(a, sizeof(a), "--spec int8c,act=8,act_tensor %s", common);
+	json_t *naive = quant_json(a);
+	snprintf(a, sizeof(a), "--spec smoothquant:int8c,act=8,act_tensor %s", common);
+	json_t *sq = quant_json(a);
+	print_message("int3 g128: base %.2f rtn %.2f gptq %.2f awq %.2f; w8a8 static: naive %.2f smoothquant %.2f\n",
+		      jnum(rtn, "ppl_base"), jnum(rtn, "ppl"), jnum(gptq, "ppl"), jnum(awq, "ppl"),
+		      jnum(naive, "ppl"), jnum(sq, "ppl"));
+	assert_true(jnum(gptq, "ppl") < jnum(rtn, "ppl"));
+	assert_true(jnum(awq, "ppl") < jnum(rtn, "ppl"));
+	assert_true(jnum(sq, "ppl") < jnum(naive, "ppl"));
+	assert_true(jnum(rtn, "ppl") > jnum(rtn, "ppl_base"));
+	/* same evaluation text and chunks: the same unquantized figure */
+	assert_true(jnum(rtn, "ppl_base") == jnum(gptq, "ppl_base"));
+	assert_true(fabs(jnum(rtn, "bpw_quantized") - (3 + 32.0 / 128)) < 1e-9);
+	json_decref(rtn);
+	json_decref(gptq);
+	json_decref(awq);
+	json_decref(naive);
+	json_decref(sq);
+}
+
+static void test_quant_cli(void **s)
+{
+	(void)s;
+	char cmd[4096], *out, *err;
+	/* dry run: the per-tensor plan and totals */
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --bits 4 --group 32 --sym --dry-run", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(run(cmd, &out), 0);
+	assert_non_null(strstr(out, "blk.7.ffn_down.weight"));
+	assert_non_null(strstr(out, "int4g32sym"));
+	assert_non_null(strstr(out, "4.500")); /* 4 bits + fp16 scale per 32 */
+	free(out);
+	/* bad specs are usage errors naming the field */
+	snprintf(cmd, sizeof(cmd), "%s quant --bits 4 --group 100 --dry-run", bin);
+	assert_int_equal(run(cmd, NULL), 1);
+	err = last_stderr();
+	assert_non_null(strstr(err, "group 100 does not divide the row length 384"));
+	free(err);
+	snprintf(cmd, sizeof(cmd), "%s quant --bits 9 --dry-run", bin);
+	assert_int_equal(run(cmd, NULL), 1);
+	snprintf(cmd, sizeof(cmd), "%s quant --method frob --dry-run", bin);
+	assert_int_equal(run(cmd, NULL), 1);
+	err = last_stderr();
+	assert_non_null(strstr(err, "unknown method 'frob'"));
+	free(err);
+	snprintf(cmd, sizeof(cmd), "%s quant --spec gptq:int4g128 --samples 4 --seq-len 64 -f %s/missing.txt",
+		 bin, tu_tmpdir());
+	assert_int_equal(run(cmd, NULL), 2);
+	/* ppl with plan flags = quant on that text */
+	snprintf(cmd, sizeof(cmd), "%s ppl -m %s -f %s --bits 8 --group 128 --chunks 2 --kld --json", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"), tu_shared("data/wikitext-2-test.txt"));
+	assert_int_equal(run(cmd, &out), 0);
+	json_error_t je;
+	json_t *j = json_loads(out, 0, &je);
+	assert_non_null(j);
+	assert_true(jnum(j, "kld_mean") > 0 && jnum(j, "kld_mean") < 0.01);
+	assert_true(jnum(j, "same_top_pct") > 90);
+	assert_int_equal((int)jnum(j, "chunks"), 2);
+	json_decref(j);
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -214,6 +319,8 @@ int main(void)
 		cmocka_unit_test(test_logits_gguf),
 		cmocka_unit_test(test_logits_hf),
 		cmocka_unit_test(test_generate_greedy),
+		cmocka_unit_test(test_quant_cli),
+		cmocka_unit_test(test_quant_methods),
 		cmocka_unit_test(test_ppl_gguf),
 		cmocka_unit_test(test_ppl_hf),
 	};

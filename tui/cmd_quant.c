@@ -15,7 +15,7 @@ static common co;
 static const char *q_method = "rtn", *q_format, *q_spec, *q_include, *q_exclude, *q_eval;
 static const char *q_act_per = "token";
 static int q_bits = 4, q_group = 128, q_sym, q_asym, q_act_order, q_static, q_mse, q_act_bits;
-static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos;
+static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos, q_noeval;
 static float q_alpha = -1, q_damp = 0.01f, q_outliers;
 
 static const opt o_quant[] = {
@@ -48,6 +48,7 @@ static const opt o_quant[] = {
 	{ NULL, "--calib-raw", OPT_FLAG, &q_bos, NULL, "calibration windows as they are in the text (default: first token replaced by BOS)" },
 	{ NULL, "--seed", OPT_INT, &q_seed, "S", "calibration sampling seed (default 0)" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
+	{ NULL, "--no-eval", OPT_FLAG, &q_noeval, NULL, "quantize and report size and time only" },
 	{ NULL, "--dry-run", OPT_FLAG, &q_dry, NULL, "print the per-tensor plan with bytes and bpw; do not quantize" },
 	{ NULL, "--json", OPT_FLAG, &co.json, NULL, "print one JSON object on stdout" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
@@ -237,7 +238,7 @@ int cmd_quant(int argc, char **argv)
 	}
 	/* one or more evaluation texts, comma-separated */
 	char evl[4096];
-	snprintf(evl, sizeof(evl), "%s", q_eval ? q_eval : "data/wikitext-2-test.txt");
+	snprintf(evl, sizeof(evl), "%s", q_noeval ? "" : q_eval ? q_eval : "data/wikitext-2-test.txt");
 	for (char *ef = strtok(evl, ","); ef; ef = strtok(NULL, ",")) {
 		size_t n;
 		free(ids);

@@ -77,8 +77,50 @@ static int ppl_on_chunk(void *user, int chunk, int n_chunks, double running)
 	return 0;
 }
 
+/* With plan flags (--method, --bits, --spec, --format, --kld, ...), ppl is
+ * `quant` with -f as its evaluation text: rewrite the arguments for it. */
+static int ppl_plan(int argc, char **argv)
+{
+	static const char *plan_flags[] = { "--method", "--bits", "--group", "--sym", "--asym",
+					    "--format", "--spec", "--act-order", "--static-groups",
+					    "--mse", "--damp", "--alpha", "--outliers", "--act-bits",
+					    "--act-per", "--include", "--exclude", "--kld", "--calib",
+					    "--dry-run", NULL };
+	int plan = 0, chunks = 0;
+	for (int i = 1; i < argc; i++) {
+		for (int k = 0; plan_flags[k]; k++)
+			plan |= strcmp(argv[i], plan_flags[k]) == 0;
+		chunks |= strcmp(argv[i], "--chunks") == 0;
+	}
+	if (!plan)
+		return -1;
+	char **av = calloc((size_t)argc + 4, sizeof(char *));
+	if (!av)
+		return EXIT_INPUT;
+	int n = 0;
+	av[n++] = "quant";
+	for (int i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "-f") == 0 || strcmp(argv[i], "--file") == 0)
+			av[n++] = "--eval";
+		else if (strcmp(argv[i], "--calib") == 0)
+			av[n++] = "-f";
+		else
+			av[n++] = argv[i];
+	}
+	if (!chunks) { /* ppl scores the whole text unless told otherwise */
+		av[n++] = "--chunks";
+		av[n++] = "0";
+	}
+	int rc = cmd_quant(n, av);
+	free(av);
+	return rc;
+}
+
 static int cmd_ppl(int argc, char **argv)
 {
+	int prc = ppl_plan(argc, argv);
+	if (prc >= 0)
+		return prc;
 	int rc = cli_parse_opts("ppl", argc, argv, ppl_opts());
 	if (rc)
 		return rc;
@@ -553,9 +595,12 @@ out:
 /* ------------------------------------------------------------ table */
 
 static const cmd cmds[] = {
-	{ "ppl", cmd_ppl, "ppl -m MODEL -f TEXT [-c 512] [--chunks N] [-t N] [--json]",
+	{ "ppl", cmd_ppl, "ppl -m MODEL -f TEXT [-c 512] [--chunks N] [-t N] [--json]\n"
+	  "       [plan flags of quant: --method M --bits B --group G ... --kld [--calib CALIB]]",
 	  "Perplexity with llama.cpp's protocol: the text tokenized once with BOS, chunks of\n"
-	  "c tokens each starting with BOS, the second half of each chunk scored.",
+	  "c tokens each starting with BOS, the second half of each chunk scored. With plan\n"
+	  "flags the model is quantized first (as qscope quant, -f being the evaluation text\n"
+	  "and --calib the calibration text) and compared with the unquantized model.",
 	  ppl_opts },
 	{ "generate", cmd_generate,
 	  "generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [-s SEED] [--json]",
