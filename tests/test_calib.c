@@ -962,25 +962,10 @@ static void test_weight_stats(void **state)
 /* Run a shell command with stdout captured (malloc'd); returns the exit code. */
 static int run_cmd(const char *cmd, char **out)
 {
-	char full[8192];
-	snprintf(full, sizeof(full), "QSCOPE_CACHE='%s/clicache' %s 2>%s/stats-stderr.txt",
-		 tu_tmpdir(), cmd, tu_tmpdir());
-	FILE *p = popen(full, "r");
-	assert_non_null(p);
-	size_t cap = 1 << 16, n = 0, k;
-	char *b = malloc(cap);
-	while ((k = fread(b + n, 1, cap - n - 1, p)) > 0) {
-		n += k;
-		if (cap - n < 4096)
-			b = realloc(b, cap *= 2);
-	}
-	b[n] = 0;
-	int st = pclose(p);
-	if (out)
-		*out = b;
-	else
-		free(b);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	char full[8192], ep[512];
+	snprintf(full, sizeof(full), "QSCOPE_CACHE='%s/clicache' %s", tu_tmpdir(), cmd);
+	snprintf(ep, sizeof(ep), "%s/stats-stderr.txt", tu_tmpdir());
+	return tu_run(full, ep, out);
 }
 
 static void test_cli_stats(void **state)

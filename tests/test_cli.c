@@ -40,25 +40,11 @@ static int teardown(void **state)
 /* Run a shell command; capture stdout (malloc'd) and return the exit code. */
 static int run(const char *cmd, char **out)
 {
-	char full[8192];
-	snprintf(full, sizeof(full), "%s 2>%s/stderr.txt", cmd, tu_tmpdir());
-	FILE *p = popen(full, "r");
-	assert_non_null(p);
-	size_t cap = 1 << 16, n = 0;
-	char *b = malloc(cap);
-	size_t k;
-	while ((k = fread(b + n, 1, cap - n - 1, p)) > 0) {
-		n += k;
-		if (cap - n < 4096)
-			b = realloc(b, cap *= 2);
-	}
-	b[n] = 0;
-	int st = pclose(p);
-	if (out)
-		*out = b;
-	else
-		free(b);
-	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+	char ep[512];
+	snprintf(ep, sizeof(ep), "%s/stderr.txt", tu_tmpdir());
+	int rc = tu_run(cmd, ep, out);
+	assert_true(rc != -1 || !out || *out);
+	return rc;
 }
 
 static char *last_stderr(void)

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 const char *tu_shared(const char *rel)
@@ -75,4 +76,36 @@ int tu_asan(void)
 {
 	const char *e = getenv("QSCOPE_ASAN");
 	return e && *e == '1';
+}
+
+int tu_run(const char *cmd, const char *err_path, char **out)
+{
+	size_t fl = strlen(cmd) + (err_path ? strlen(err_path) : 0) + 8;
+	char *full = malloc(fl);
+	if (!full)
+		return -1;
+	snprintf(full, fl, err_path ? "%s 2>%s" : "%s", cmd, err_path);
+	FILE *p = popen(full, "r");
+	free(full);
+	if (!p)
+		return -1;
+	size_t cap = 1 << 16, n = 0, k;
+	char *b = malloc(cap);
+	while (b && (k = fread(b + n, 1, cap - n - 1, p)) > 0) {
+		n += k;
+		if (cap - n < 4096) {
+			char *nb = realloc(b, cap *= 2);
+			if (!nb)
+				free(b);
+			b = nb;
+		}
+	}
+	if (b)
+		b[n] = 0;
+	int st = pclose(p);
+	if (out)
+		*out = b;
+	else
+		free(b);
+	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }

@@ -13,6 +13,10 @@ const char *tu_tmpdir(void);
 char *tu_read_file(const char *path, size_t *len);
 /* Write a whole file; returns 0 on success. */
 int tu_write_file(const char *path, const void *data, size_t len);
+/* Run a shell command (stderr to err_path, or left alone when NULL); *out
+ * (may be NULL) gets its stdout, malloc'd. Returns the exit code, -1 if it
+ * did not exit normally. */
+int tu_run(const char *cmd, const char *err_path, char **out);
 /* Nonzero when running under the sanitizer build (QSCOPE_ASAN=1): long tests
  * shrink their workload. */
 int tu_asan(void);
