@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <cblas.h>
+
 #include "../kernels/qmatrix.h"
 #include "../kernels/types.h"
 #include "calib.h"
@@ -786,5 +788,101 @@ int quant_model(const model *base, const quant_plan *p, const quant_opts *o, mod
 	rep->params = model_n_params(c.m);
 	rep->seconds = now_s() - t0;
 	*out = c.m;
+	return 0;
+}
+
+/* ------------------------------------------------------------ layer errors */
+
+typedef struct lerr_ctx {
+	const model *base, *qm;
+	quant_layer_err *e;
+	qs_error *err;
+} lerr_ctx;
+
+/* sqrt(tr(dW H dW^T) / tr(W H W^T)) for base tensor b and its quantized twin t */
+static double rel_err_h(const model_tensor *b, const model_tensor *t, const double *H)
+{
+	int R = (int)b->ne[1], C = (int)b->ne[0];
+	float *W = load_f32(b), *Q = load_f32(t), *Hf = malloc(sizeof(float) * (size_t)C * C);
+	float *M = malloc(sizeof(float) * (size_t)R * C);
+	double num = NAN;
+	if (W && Q && Hf && M) {
+		for (size_t i = 0; i < (size_t)C * C; i++)
+			Hf[i] = (float)H[i];
+		double den = 0;
+		num = 0;
+		/* M = W H; den = sum(M .* W) */
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, W, C, Hf, C, 0.0f,
+			    M, C);
+		for (size_t i = 0; i < (size_t)R * C; i++)
+			den += (double)M[i] * W[i];
+		for (size_t i = 0; i < (size_t)R * C; i++)
+			Q[i] = W[i] - Q[i];
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, Q, C, Hf, C, 0.0f,
+			    M, C);
+		for (size_t i = 0; i < (size_t)R * C; i++)
+			num += (double)M[i] * Q[i];
+		num = den > 0 && num >= 0 ? sqrt(num / den) : NAN;
+	}
+	free(W);
+	free(Q);
+	free(Hf);
+	free(M);
+	return num;
+}
+
+static int lerr_on_layer(void *user, int layer, calib_layer_stats *st)
+{
+	lerr_ctx *c = user;
+	for (int k = 0; k < st->n_sites; k++) {
+		const calib_stats *cs = &st->site[k];
+		if (!cs->xtx)
+			continue;
+		const model_tensor *bt[3] = { NULL };
+		if (layer < 0) {
+			bt[0] = c->base->output;
+		} else {
+			const model_layer *L = &c->base->layers[layer];
+			const model_tensor *sites[4][3] = { { L->wq, L->wk, L->wv }, { L->wo },
+							    { L->w_gate, L->w_up }, { L->w_down } };
+			memcpy(bt, sites[cs->site], sizeof(bt));
+		}
+		for (int i = 0; i < 3 && bt[i]; i++) {
+			int idx = (int)(bt[i] - c->base->tensors);
+			const model_tensor *qt = &c->qm->tensors[idx];
+			if (qt->q)
+				c->e[idx].rel_err = rel_err_h(bt[i], qt, cs->xtx);
+		}
+	}
+	return 0;
+}
+
+int quant_layer_errors(const model *base, const model *qm, const int *calib, int n_calib,
+		       int calib_len, quant_layer_err **errs, int *n_errs, qs_error *err)
+{
+	*errs = NULL;
+	*n_errs = 0;
+	if (qm->base != base || qm->n_tensors != base->n_tensors)
+		return qs_err(err, QS_EUSAGE, "layer errors: the quantized model is not derived from this base");
+	quant_layer_err *e = calloc((size_t)base->n_tensors, sizeof(*e));
+	if (!e)
+		return qs_err(err, QS_ENOMEM, "layer errors: out of memory");
+	for (int i = 0; i < base->n_tensors; i++) {
+		snprintf(e[i].name, sizeof(e[i].name), "%s", base->tensors[i].name);
+		e[i].rel_err = NAN;
+	}
+	calib_opts o;
+	calib_opts_default(&o);
+	o.n_samples = n_calib;
+	o.seq_len = calib_len;
+	o.xtx = 1;
+	lerr_ctx c = { base, qm, e, err };
+	int rc = calib_run(base, calib, n_calib, calib_len, &o, lerr_on_layer, &c, NULL, NULL, err);
+	if (rc) {
+		free(e);
+		return rc;
+	}
+	*errs = e;
+	*n_errs = base->n_tensors;
 	return 0;
 }

@@ -64,4 +64,17 @@ typedef struct quant_report {
 int quant_model(const model *base, const quant_plan *p, const quant_opts *o, model **out,
 		quant_report *rep, qs_error *err);
 
+/* Relative output error of every quantized matrix of qm on the calibration
+ * inputs of base: ||(W - Q) X^T|| / ||W X^T||, computed exactly from X^T X of
+ * each site's input (base model, full precision) as
+ * sqrt(tr(dW H dW^T) / tr(W H W^T)). errs gets one entry per tensor of qm
+ * (NaN where the tensor is not quantized or has no calibration site). */
+typedef struct quant_layer_err {
+	char name[64];
+	double rel_err;
+} quant_layer_err;
+
+int quant_layer_errors(const model *base, const model *qm, const int *calib, int n_calib,
+		       int calib_len, quant_layer_err **errs, int *n_errs, qs_error *err);
+
 #endif

@@ -544,6 +544,75 @@ static void test_plan_bytes(void **s)
 	assert_non_null(strstr(err.msg, "--include regex 'blk.('"));
 }
 
+/* The per-layer relative output error from X^T X equals a direct
+ * computation of ||(W - Q) X^T|| / ||W X^T|| over the captured inputs. */
+typedef struct xcap {
+	float *x;
+	int rows, cols;
+} xcap;
+
+static int grab_l0_qkv(void *user, int layer, int site, const float *x, int rows, int cols)
+{
+	xcap *c = user;
+	if (layer == 0 && site == FWD_SITE_QKV) {
+		c->x = malloc(sizeof(float) * (size_t)rows * cols);
+		memcpy(c->x, x, sizeof(float) * (size_t)rows * cols);
+		c->rows = rows;
+		c->cols = cols;
+	}
+	return 0;
+}
+
+static void test_layer_errors(void **s)
+{
+	(void)s;
+	const int NC = 2, LEN = 32;
+	int calib[64];
+	for (int i = 0; i < NC; i++) {
+		memcpy(calib + i * LEN, ids + 500 + i * 100, sizeof(int) * LEN);
+		calib[i * LEN] = 1;
+	}
+	model *qm = quantize_with("int3g128", NULL, 0, 0);
+	qs_error err = { 0 };
+	quant_layer_err *le;
+	int n;
+	assert_int_equal(quant_layer_errors(base, qm, calib, NC, LEN, &le, &n, &err), 0);
+	/* direct: capture layer 0's q/k/v input from the same sequences */
+	xcap c = { 0 };
+	fwd_ctx *f = fwd_new(base, NC, LEN, &err);
+	fwd_set_capture(f, grab_l0_qkv, &c);
+	assert_int_equal(fwd_prefill(f, calib, NC, LEN, LEN - 1, NULL, &err), 0);
+	fwd_free(f);
+	const model_tensor *bt = base->layers[0].wq, *qt = qm->layers[0].wq;
+	int R = (int)bt->ne[1], C = (int)bt->ne[0];
+	float *w = malloc(sizeof(float) * R * C), *q = malloc(sizeof(float) * R * C);
+	kn_traits(bt->type)->to_float(bt->data, w, (size_t)R * C);
+	kn_qmatrix_dequant(qt->q, 0, R, q);
+	double num = 0, den = 0;
+	for (int t = 0; t < c.rows; t++)
+		for (int r = 0; r < R; r++) {
+			double y = 0, yq = 0;
+			for (int j = 0; j < C; j++) {
+				y += (double)w[r * C + j] * c.x[t * C + j];
+				yq += (double)q[r * C + j] * c.x[t * C + j];
+			}
+			num += (y - yq) * (y - yq);
+			den += y * y;
+		}
+	double direct = sqrt(num / den);
+	int idx = (int)(bt - base->tensors);
+	print_message("blk.0.attn_q int3g128: rel err %.5f (direct %.5f)\n", le[idx].rel_err, direct);
+	assert_string_equal(le[idx].name, "blk.0.attn_q.weight");
+	assert_true(fabs(le[idx].rel_err - direct) < 1e-3 * direct);
+	/* unquantized tensors have no figure */
+	assert_true(isnan(le[(int)(base->tok_embd - base->tensors)].rel_err));
+	free(w);
+	free(q);
+	free(c.x);
+	free(le);
+	model_free(qm);
+}
+
 int main(void)
 {
 	const struct CMUnitTest unit[] = {
@@ -561,6 +630,7 @@ int main(void)
 		cmocka_unit_test(test_kld_monotonic),
 		cmocka_unit_test(test_folding_preserves_function),
 		cmocka_unit_test(test_plan_bytes),
+		cmocka_unit_test(test_layer_errors),
 	};
 	int rc = cmocka_run_group_tests(unit, NULL, NULL);
 	return rc | cmocka_run_group_tests(whole, setup, teardown);

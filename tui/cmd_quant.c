@@ -15,7 +15,7 @@ static common co;
 static const char *q_method = "rtn", *q_format, *q_spec, *q_include, *q_exclude, *q_eval;
 static const char *q_act_per = "token";
 static int q_bits = 4, q_group = 128, q_sym, q_asym, q_act_order, q_static, q_mse, q_act_bits;
-static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos, q_noeval;
+static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos, q_noeval, q_lerr;
 static float q_alpha = -1, q_damp = 0.01f, q_outliers;
 
 static const opt o_quant[] = {
@@ -48,6 +48,7 @@ static const opt o_quant[] = {
 	{ NULL, "--calib-raw", OPT_FLAG, &q_bos, NULL, "calibration windows as they are in the text (default: first token replaced by BOS)" },
 	{ NULL, "--seed", OPT_INT, &q_seed, "S", "calibration sampling seed (default 0)" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
+	{ NULL, "--layer-errors", OPT_FLAG, &q_lerr, NULL, "per tensor ||WX - QX|| / ||WX|| on the calibration inputs" },
 	{ NULL, "--no-eval", OPT_FLAG, &q_noeval, NULL, "quantize and report size and time only" },
 	{ NULL, "--dry-run", OPT_FLAG, &q_dry, NULL, "print the per-tensor plan with bytes and bpw; do not quantize" },
 	{ NULL, "--json", OPT_FLAG, &co.json, NULL, "print one JSON object on stdout" },
@@ -183,7 +184,7 @@ int cmd_quant(int argc, char **argv)
 		goto out;
 	}
 	quant_opts qo = { .progress = co.json ? NULL : print_progress };
-	if (quant_plan_needs_calib(&plan)) {
+	if (quant_plan_needs_calib(&plan) || q_lerr) {
 		const char *cf = co.file ? co.file : default_calib();
 		size_t len;
 		calib_opts copts;
@@ -223,6 +224,34 @@ int cmd_quant(int argc, char **argv)
 			      "params_quantized", (json_int_t)qp, "seconds_quant", rep.seconds,
 			      "seconds_calib", rep.seconds_calib, "ctx", q_ctx);
 	json_t *evals = json_array();
+	if (q_lerr) {
+		quant_layer_err *le;
+		int nle;
+		if (quant_layer_errors(m, qm, calib, q_samples, q_seq, &le, &nle, &err)) {
+			fprintf(stderr, "qscope quant: %s\n", err.msg);
+			json_decref(j);
+			json_decref(evals);
+			rc = EXIT_INPUT;
+			goto out;
+		}
+		json_t *ja = json_array();
+		if (!co.json)
+			printf("%-28s %10s %12s %8s\n", "tensor", "bpw", "bytes", "rel err");
+		for (int i = 0; i < nle; i++) {
+			const model_tensor *t = &qm->tensors[i];
+			if (!t->q)
+				continue;
+			size_t b = model_tensor_bytes(t);
+			double bw = 8.0 * (double)b / ((double)t->ne[0] * (double)t->ne[1]);
+			json_array_append_new(ja, json_pack("{s:s, s:f, s:I, s:f}", "name", le[i].name,
+							    "bpw", bw, "bytes", (json_int_t)b,
+							    "rel_err", isnan(le[i].rel_err) ? -1.0 : le[i].rel_err));
+			if (!co.json)
+				printf("%-28s %10.3f %12zu %8.4f\n", le[i].name, bw, b, le[i].rel_err);
+		}
+		json_object_set_new(j, "layers", ja);
+		free(le);
+	}
 	if (rep.seconds_calib > 0)
 		json_object_set_new(j, "calib_gflops", json_real(rep.calib_gflop / rep.seconds_calib));
 	if (rep.seconds_gptq > 0) {
