@@ -1,10 +1,49 @@
 #!/usr/bin/env bash
 # make bench: measure qscope against this machine's own limits and write
-# docs/BENCH.md (see the table's header for what is measured and how).
+# docs/BENCH.md: perplexity throughput and decode speed (qscope bench, which
+# measures the sgemm peak and copy bandwidth in the same run), then
+# whole-model GPTQ int4 g128 with 128 x 512 calibration tokens: time, GFLOP/s
+# of its calibration passes and solves, and peak memory (/usr/bin/time -v).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 model=${MODEL:-models/debdoc-19m-f16.gguf}
 text=${TEXT:-data/wikitext-2-test.txt}
-mkdir -p docs
-./qscope bench -m "$model" -f "$text" -o docs/BENCH.md "$@"
+shared=${QSCOPE_SHARED:-../shared}
+calib=${CALIB:-$shared/data/debdoc-calib.txt}
+mkdir -p docs build
+./qscope bench -m "$model" -f "$text" -o build/bench-main.md "$@"
+
+if [ -r "$calib" ] && [ -x /usr/bin/time ]; then
+	/usr/bin/time -v ./qscope quant -m "$model" -f "$calib" --spec gptq:int4g128 --no-eval \
+		--json > build/bench-gptq.json 2> build/bench-gptq.time
+	python3 - "$model" build/bench-gptq.json build/bench-gptq.time build/bench-main.md <<'PY' > build/bench-gptq.md
+import json, re, sys
+model, jf, tf, mainf = sys.argv[1:5]
+j = json.load(open(jf))
+t = open(tf).read()
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1)) / 1024
+peak = re.search(r"sgemm peak, before / after \| ([\d.]+) / ([\d.]+)", open(mainf).read())
+pk = (float(peak.group(1)) + float(peak.group(2))) / 2 if peak else float("nan")
+params = 18880896
+fp32 = params * 4 / 2**20
+layer = 1572864 * 4 / 2**20
+resid = 128 * 512 * 384 * 4 / 2**20
+print("\n## Whole-model GPTQ (int4 g128, 128 x 512 calibration tokens)\n")
+print("`qscope quant --spec gptq:int4g128 --no-eval` on the same model, run right after the table above.\n")
+print("| what | value |\n| --- | --- |")
+print(f"| total | {j['seconds_quant']:.1f} s |")
+print(f"| calibration passes (true-sequential: each sub-layer's inputs recomputed, X^T X with ssyrk) | {j['seconds_calib']:.1f} s at {j.get('calib_gflops', 0):.0f} GFLOP/s = {100 * j.get('calib_gflops', 0) / pk:.0f}% of the sgemm peak |")
+print(f"| GPTQ solves (Cholesky via LAPACKE, lazy block updates with sgemm) | {j.get('seconds_gptq', 0):.2f} s |")
+print(f"| peak resident memory | {rss:.0f} MiB |")
+print(f"\nMemory for scale: this model in FP32 is {fp32:.0f} MiB and one layer {layer:.1f} MiB. Quantization")
+print("itself streams one layer at a time, but the calibration residual stream of every window is")
+print(f"held at once ({resid:.0f} MiB here: 128 x 512 tokens x dim 384 x 4 bytes) together with a")
+print("batch of 8 windows of forward scratch and the mapped model; for this 19M-parameter model those")
+print("fixed costs are larger than the model, for a 7B model they are a few percent of it.")
+PY
+	cat build/bench-main.md build/bench-gptq.md > docs/BENCH.md
+else
+	cp build/bench-main.md docs/BENCH.md
+fi
+cat docs/BENCH.md
 echo "bench: wrote docs/BENCH.md"
