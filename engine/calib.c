@@ -794,7 +794,7 @@ calib_stream *calib_stream_new(const model *m, const int *tokens, int n_seq, int
 		       sizeof(float) * n >> 20);
 		goto fail;
 	}
-	if (!(s->f = fwd_new(m, batch, seq_len, err)))
+	if (!(s->f = fwd_new_flags(m, batch, seq_len, FWD_PREFILL_ONLY, err)))
 		goto fail;
 	for (int s0 = 0; s0 < n_seq; s0 += batch) {
 		int nb = n_seq - s0 < batch ? n_seq - s0 : batch;

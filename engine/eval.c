@@ -47,7 +47,7 @@ int eval_ppl(const model *m, const int *tokens, size_t n_tokens, const eval_ppl_
 		batch = n_chunks;
 	const int first = ctx / 2 - 1;  /* logits at positions first..ctx-2 */
 	const int per = ctx - 1 - first; /* = ctx/2 targets at positions ctx/2..ctx-1 */
-	fwd_ctx *f = fwd_new(m, batch, ctx, err);
+	fwd_ctx *f = fwd_new_flags(m, batch, ctx, FWD_PREFILL_ONLY, err);
 	int *toks = malloc(sizeof(int) * (size_t)batch * ctx);
 	float *logits = malloc(sizeof(float) * (size_t)batch * per * V);
 	int rc = 0;
@@ -164,9 +164,9 @@ int eval_compare(const model *base, const model *test, const int *tokens, size_t
 	if (batch > n_chunks)
 		batch = n_chunks;
 	const int first = ctx / 2 - 1, per = ctx - 1 - first;
-	fwd_ctx *fa = fwd_new(base, batch, ctx - 1, err), *fb = NULL;
+	fwd_ctx *fa = fwd_new_flags(base, batch, ctx - 1, FWD_PREFILL_ONLY, err), *fb = NULL;
 	if (fa)
-		fb = fwd_new(test, batch, ctx - 1, err);
+		fb = fwd_new_flags(test, batch, ctx - 1, FWD_PREFILL_ONLY, err);
 	int *toks = malloc(sizeof(int) * (size_t)batch * ctx);
 	float *la = malloc(sizeof(float) * (size_t)batch * per * V);
 	float *lb = malloc(sizeof(float) * (size_t)batch * per * V);

@@ -37,6 +37,8 @@ struct fwd_ctx {
 	fwd_capture_fn cap;
 	void *cap_user;
 	int stop_site;          /* fwd_layers returns after capturing this site (-1: never) */
+	int kv_layers;          /* layers with their own KV cache: n_layers, or 1
+				 * for prefill-only contexts (no decode follows) */
 };
 
 static int g_threads;
@@ -90,6 +92,11 @@ static void *xalloc(size_t n, int *bad)
 
 fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err)
 {
+	return fwd_new_flags(m, max_seqs, max_len, 0, err);
+}
+
+fwd_ctx *fwd_new_flags(const model *m, int max_seqs, int max_len, int flags, qs_error *err)
+{
 	const model_config *c = &m->cfg;
 	if (max_seqs < 1 || max_len < 1 || max_seqs > 4096 || max_len > (1 << 20)) {
 		qs_err(err, QS_EUSAGE, "forward: bad batch %d x %d", max_seqs, max_len);
@@ -126,8 +133,9 @@ fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err)
 	f->att = xalloc(sizeof(float) * N * f->qd, &bad);
 	f->gu = xalloc(sizeof(float) * N * 2 * H, &bad);
 	f->h = xalloc(sizeof(float) * N * H, &bad);
-	f->kc = xalloc(sizeof(float) * L * N * f->kvd, &bad);
-	f->vc = xalloc(sizeof(float) * L * N * f->kvd, &bad);
+	f->kv_layers = flags & FWD_PREFILL_ONLY ? 1 : L;
+	f->kc = xalloc(sizeof(float) * f->kv_layers * N * f->kvd, &bad);
+	f->vc = xalloc(sizeof(float) * f->kv_layers * N * f->kvd, &bad);
 	f->w = xalloc(sizeof(float) * wmax, &bad);
 	f->scores = xalloc(sizeof(float) * f->n_score_threads * QBLOCK * max_len, &bad);
 	f->dec = xalloc(sizeof(float) * (size_t)(8 * D + 2 * f->qkv_w + 3 * H + c->vocab +
@@ -308,8 +316,9 @@ int fwd_layers(fwd_ctx *f, int n_seq, int n_tok, int l0, int l1, qs_error *err)
 		to_f32(ly->wk, f->w + (size_t)qd * D);
 		to_f32(ly->wv, f->w + (size_t)(qd + kvd) * D);
 		gemm((int)N, qw, D, f->xn, f->w, f->qkv);
-		float *kc = f->kc + (size_t)l * f->max_seqs * f->max_len * kvd;
-		float *vc = f->vc + (size_t)l * f->max_seqs * f->max_len * kvd;
+		const size_t kl = f->kv_layers == 1 ? 0 : (size_t)l;
+		float *kc = f->kc + kl * f->max_seqs * f->max_len * kvd;
+		float *vc = f->vc + kl * f->max_seqs * f->max_len * kvd;
 		const float *bias = f->bias ? f->bias + (size_t)l * qw : NULL;
 #pragma omp parallel for schedule(static)
 		for (long i = 0; i < N; i++) {
@@ -449,6 +458,8 @@ int fwd_decode(fwd_ctx *f, int token, int pos, float *logits, qs_error *err)
 			      f->max_len);
 	if (token < 0 || token >= c->vocab)
 		return qs_err(err, QS_EUSAGE, "forward: token id %d out of range", token);
+	if (f->kv_layers != c->n_layers)
+		return qs_err(err, QS_EUSAGE, "forward: this context was made for prefill only");
 	const int D = c->dim, H = c->hidden, hd = c->head_dim, L = c->n_layers;
 	const int qd = f->qd, kvd = f->kvd, grp = c->n_heads / c->n_kv_heads;
 	float *x = f->dec, *xn = x + D, *q = xn + D, *k = q + qd, *v = k + kvd;

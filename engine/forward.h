@@ -31,6 +31,12 @@ typedef int (*fwd_capture_fn)(void *user, int layer, int site, const float *x, i
 
 /* A context for up to max_seqs sequences of up to max_len tokens each. */
 fwd_ctx *fwd_new(const model *m, int max_seqs, int max_len, qs_error *err);
+
+/* Flags of fwd_new_flags. FWD_PREFILL_ONLY: keep the KV cache of one layer
+ * only (enough for prefill, perplexity and calibration: memory independent
+ * of depth); fwd_decode then refuses. */
+enum { FWD_PREFILL_ONLY = 1 };
+fwd_ctx *fwd_new_flags(const model *m, int max_seqs, int max_len, int flags, qs_error *err);
 void fwd_free(fwd_ctx *f);
 
 /* Re-read the model's norm weights and biases (cached as f32 at fwd_new)

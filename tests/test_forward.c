@@ -297,6 +297,13 @@ static void test_layer_pieces(void **s)
 	assert_int_equal(fwd_head(f, 1, NPOS, 0, b, &err), 0);
 	assert_memory_equal(a, b, sizeof(float) * NPOS * 8192);
 	assert_int_equal(fwd_layers(f, 1, NPOS, 5, 9, &err), QS_EUSAGE);
+	/* a prefill-only context (one layer of KV cache) computes the same */
+	fwd_ctx *p = fwd_new_flags(m, 1, NPOS, FWD_PREFILL_ONLY, &err);
+	assert_non_null(p);
+	assert_int_equal(fwd_prefill(p, ref_ids, 1, NPOS, 0, b, &err), 0);
+	assert_memory_equal(a, b, sizeof(float) * NPOS * 8192);
+	assert_int_equal(fwd_decode(p, ref_ids[0], 0, b, &err), QS_EUSAGE);
+	fwd_free(p);
 	free(a);
 	free(b);
 	free(saved);
