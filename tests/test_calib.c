@@ -449,7 +449,11 @@ static void test_sample(void **state)
 	assert_int_equal(calib_sample_ids(ids, 100, 1, 5, 101, 42, tok2, NULL, &err), QS_EUSAGE);
 	print_message("too short: %s\n", err.msg);
 	assert_non_null(strstr(err.msg, "100 tokens"));
-	assert_int_equal(calib_sample_ids(ids, 100, -1, 5, 20, 42, tok2, NULL, &err), QS_EUSAGE);
+	/* bos < 0: the windows exactly as in the text (GPTQ's reference sampling) */
+	size_t st5[5];
+	assert_int_equal(calib_sample_ids(ids, 100, -1, 5, 20, 42, tok2, st5, &err), 0);
+	for (int s = 0; s < 5; s++)
+		assert_memory_equal(tok2 + s * 20, ids + st5[s], sizeof(int) * 20);
 }
 
 /* ---------------------------------------------------------------- (d) streaming */
