@@ -29,8 +29,48 @@ for r in rows:
     cells += [f"{b['ppl']:.4f}", f"{b['kld_mean']:.4f}"] if b else ["", ""]
     cells.append(f"{r['seconds_quant']:.1f}")
     print("| " + " | ".join(cells) + " |")
+by = {r["spec"]: r for r in rows}
+
+
+def ppl(spec, i=0):
+    return by[spec]["evals"][i]["ppl"] if spec in by else None
+
+
+def kld(spec, i=0):
+    return by[spec]["evals"][i]["kld_mean"] if spec in by else None
+
+
+print("\n## What each method recovers\n")
+print("Share of round-to-nearest's perplexity increase that a method wins back,")
+print("(PPL_rtn - PPL_method) / (PPL_rtn - PPL_fp16), on both texts, and the KL divergence,")
+print("which is the steadier figure on a model this small (it uses every scored token's whole")
+print("distribution, not just the probability of the one observed token).\n")
+print(f"| method | vs | {wt} recovered | {dv} recovered | KLD method / RTN |")
+print("| --- | --- | ---: | ---: | ---: |")
+pairs = [("gptq:int4g128", "int4g128"), ("gptq:int4g128,act_order", "int4g128"),
+         ("awq:int4g128", "int4g128"), ("hqq:int4g128", "int4g128"), ("int4g128,mse", "int4g128"),
+         ("gptq:int3g128", "int3g128"), ("gptq:int3g128,act_order", "int3g128"),
+         ("gptq:int3g128,act_order,static_groups", "int3g128"), ("gptq:int3g128,mse", "int3g128"),
+         ("awq:int3g128", "int3g128"), ("hqq:int3g128", "int3g128"),
+         ("gptq:int2g64", "int2g64"), ("awq:int2g64", "int2g64"), ("hqq:int2g64", "int2g64"),
+         ("smoothquant:int8c,act=8", "int8c,act=8"),
+         ("smoothquant:int8c,act=8,act_tensor", "int8c,act=8,act_tensor")]
+for m, r in pairs:
+    if m not in by or r not in by:
+        continue
+    cells = [f"`{m}`", f"`{r}`"]
+    for i in range(min(2, len(base))):
+        b = base[i]["ppl_base"]
+        cells.append(f"{100 * (ppl(r, i) - ppl(m, i)) / (ppl(r, i) - b):.0f}%")
+    cells.append(f"{kld(m) / kld(r):.2f}")
+    print("| " + " | ".join(cells) + " |")
+print("\nFor comparison, the reference GPTQ implementation (IST-DASLab) on the same setup")
+print("(WikiText-2, first 100 chunks, int g128 asym, 128 x 512 calibration tokens) recovers 40% at")
+print("int4 (RTN 145.27 -> 138.97), 34% at int3 (225.22 -> 192.66) and 50% at int3 with act-order")
+print("(177.17). On this 19M-parameter model a WikiText-2 figure moves by a few percent with the")
+print("calibration sample alone: GPTQ int3 g128 with seeds 0, 1, 2 gives 194.5, 195.3, 190.6.")
 print("\nbpw counts every stored byte of the quantized tensors (codes, FP16 scales and zeros,")
 print("GPTQ's per-column group index with act-order, FP16 outlier columns) per weight.")
 print("The model as a whole adds 6.3M FP16 embedding and head weights.\n")
-print("Reproduce: `make quality` (about 20 minutes on 2 cores); `CHUNKS=N make quality` for a")
+print("Reproduce: `make quality` (about 40 minutes on 2 cores); `CHUNKS=N make quality` for a")
 print("quicker pass. The raw JSON lines are in `build/quality.jsonl`.")
