@@ -186,7 +186,7 @@ typedef struct qctx {
 	calib_acc *acc[4];
 	float *xs[4];             /* AWQ row samples (awq_rows, cols) */
 	long xs_n[4], xs_seen[4];
-	long xs_stride;
+	long xs_stride, xs_cap;   /* keep every xs_stride-th row, at most xs_cap */
 	float *act_absmax[4];     /* static activation scales: running absmax */
 } qctx;
 
@@ -261,7 +261,7 @@ static int on_capture(void *user, int layer, int site, const float *x, int rows,
 		return 1;
 	if (c->xs[site]) {
 		for (int r = 0; r < rows; r++, c->xs_seen[site]++)
-			if (c->xs_seen[site] % c->xs_stride == 0 && c->xs_n[site] < c->o->awq_rows)
+			if (c->xs_seen[site] % c->xs_stride == 0 && c->xs_n[site] < c->xs_cap)
 				memcpy(c->xs[site] + (size_t)c->xs_n[site]++ * cols,
 				       x + (size_t)r * cols, sizeof(float) * (size_t)cols);
 	}
@@ -410,6 +410,9 @@ static int scale_layer(qctx *c)
 	c->xs_stride = total / c->o->awq_rows + (total % c->o->awq_rows ? 1 : 0);
 	if (c->xs_stride < 1)
 		c->xs_stride = 1;
+	c->xs_cap = (total + c->xs_stride - 1) / c->xs_stride;
+	if (c->xs_cap > c->o->awq_rows)
+		c->xs_cap = c->o->awq_rows;
 	int want[4] = { 0 };
 	for (int i = 0; i < N_MATS; i++)
 		if (c->sp[i] && (c->sp[i]->method == QUANT_AWQ || c->sp[i]->method == QUANT_SMOOTHQUANT))
@@ -426,7 +429,7 @@ static int scale_layer(qctx *c)
 		int cols = site_cols(cfg, s);
 		if (!(c->acc[s] = calib_acc_new(cols, 20.0f, 6.0f, 0, c->err)))
 			rc = QS_ENOMEM;
-		else if (!(c->xs[s] = malloc(sizeof(float) * (size_t)c->o->awq_rows * cols)))
+		else if (!(c->xs[s] = malloc(sizeof(float) * (size_t)c->xs_cap * cols)))
 			rc = qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
 	}
 	c->cap_site = -1;
@@ -730,7 +733,7 @@ int quant_model(const model *base, const quant_plan *p, const quant_opts *o, mod
 	if (oo.batch <= 0)
 		oo.batch = 8;
 	if (oo.awq_rows <= 0)
-		oo.awq_rows = 4096;
+		oo.awq_rows = 65536;
 	for (int i = 0; i < p->n; i++) {
 		const model_tensor *t = model_find(base, p->e[i].name);
 		if (!t)

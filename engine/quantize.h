@@ -43,7 +43,9 @@ typedef struct quant_opts {
 	const int *calib;    /* calibration tokens (n_calib, calib_len), BOS first */
 	int n_calib, calib_len;
 	int batch;           /* sequences per forward batch (8) */
-	int awq_rows;        /* rows of each site's input kept for AWQ searches (4096) */
+	int awq_rows;        /* rows of each site's input kept for AWQ searches (65536:
+			      * every row of the default 128 x 512 calibration, as the
+			      * reference searches on all of it) */
 	qs_progress_fn progress; /* (step, steps); nonzero cancels */
 	void *user;
 } quant_opts;
