@@ -35,21 +35,7 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static char *tpath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* A path under the test's temp dir (static ring of buffers). */
-static char *tpath(const char *fmt, ...)
-{
-	static char buf[8][1024];
-	static int k;
-	char *b = buf[k++ & 7];
-	int n = snprintf(b, sizeof(buf[0]), "%s/", tu_tmpdir());
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(b + n, sizeof(buf[0]) - (size_t)n, fmt, ap);
-	va_end(ap);
-	return b;
-}
+#define tpath tu_tmppath /* a path under the test's temp dir */
 
 /* An error: negative code, one line, names the file, says what. Returns 1 if ok
  * (and prints why not otherwise) so table-driven tests can report every case. */

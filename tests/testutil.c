@@ -1,5 +1,6 @@
 #include "testutil.h"
 
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,19 @@ const char *tu_tmpdir(void)
 		atexit(rm_tmpdir);
 	}
 	return tmpdir;
+}
+
+char *tu_tmppath(const char *fmt, ...)
+{
+	static char buf[8][1024];
+	static int k;
+	char *b = buf[k++ & 7];
+	int n = snprintf(b, sizeof(buf[0]), "%s/", tu_tmpdir());
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(b + n, sizeof(buf[0]) - (size_t)n, fmt, ap);
+	va_end(ap);
+	return b;
 }
 
 char *tu_read_file(const char *path, size_t *len)

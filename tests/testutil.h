@@ -9,6 +9,8 @@
 const char *tu_shared(const char *rel);
 /* A fresh temporary directory for this test process (removed at exit). */
 const char *tu_tmpdir(void);
+/* A path under tu_tmpdir(), printf-style; a ring of 8 static buffers. */
+char *tu_tmppath(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Read a whole file; *len gets its size. Returns malloc'd buffer + NUL, or NULL. */
 char *tu_read_file(const char *path, size_t *len);
 /* Write a whole file; returns 0 on success. */
