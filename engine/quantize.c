@@ -274,15 +274,6 @@ static int on_capture(void *user, int layer, int site, const float *x, int rows,
 	return 0;
 }
 
-static int progress_cb(void *user, long done, long total)
-{
-	(void)done;
-	(void)total;
-	qctx *c = user;
-	(void)c;
-	return 0;
-}
-
 /* FLOPs of one layer over the calibration tokens, up to and including the
  * input of `stop` (-1: the whole layer), plus X^T X of the collected sites. */
 static double layer_flops(const qctx *c, int stop, int xtx_cols)
@@ -309,7 +300,7 @@ static double layer_flops(const qctx *c, int stop, int xtx_cols)
 static int run_layer(qctx *c, int commit)
 {
 	double t0 = now_s();
-	int rc = calib_stream_layer(c->st, commit, on_capture, c, progress_cb, c, c->err);
+	int rc = calib_stream_layer(c->st, commit, on_capture, c, NULL, NULL, c->err);
 	c->rep->seconds_calib += now_s() - t0;
 	return rc;
 }

@@ -1260,12 +1260,6 @@ static const char *write_tiny(enum mvar v, int pad)
 	return p;
 }
 
-/* The tokenizer (engine/tokenizer.c) may still be a placeholder. */
-static int tokenizer_missing(const qs_error *e)
-{
-	return strstr(e->msg, "tokenizer: not yet") != NULL;
-}
-
 static void test_model_demo(void **state)
 {
 	(void)state;
@@ -1273,8 +1267,6 @@ static void test_model_demo(void **state)
 	qs_error e = { 0 };
 	const char *path = tu_shared(DEMO);
 	int rc = model_open(path, NULL, &m, &e);
-	if (rc && tokenizer_missing(&e))
-		skip();
 	if (rc)
 		print_error("%s\n", e.msg);
 	assert_int_equal(rc, 0);
@@ -1316,8 +1308,6 @@ static void test_model_tiny_ok(void **state)
 	model *m = NULL;
 	qs_error e = { 0 };
 	int rc = model_open(p, NULL, &m, &e);
-	if (rc && tokenizer_missing(&e))
-		skip();
 	if (rc)
 		print_error("%s\n", e.msg);
 	assert_int_equal(rc, 0);
@@ -1392,8 +1382,6 @@ static void test_model_late_errors(void **state)
 	qs_error e = { 0 };
 	int rc = model_open(write_tiny(MV_OK, 0), NULL, &m, &e);
 	model_free(m);
-	if (rc && tokenizer_missing(&e))
-		skip();
 	int bad = 0;
 	for (size_t i = 0; i < sizeof(model_late_cases) / sizeof(model_late_cases[0]); i++) {
 		const char *p = write_tiny(model_late_cases[i].v, 0);
