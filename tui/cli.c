@@ -164,3 +164,11 @@ int cli_write_atomic(const char *path, const void *data, size_t len)
 	return 0;
 }
 
+
+const char *cli_default_calib(void)
+{
+	static char buf[4096];
+	const char *sh = getenv("QSCOPE_SHARED");
+	snprintf(buf, sizeof(buf), "%s/data/debdoc-calib.txt", sh && *sh ? sh : "../shared");
+	return buf;
+}

@@ -33,6 +33,9 @@ void cli_print_opts(FILE *out, const opt *o);
  * Returns 0, or prints a one-line error and returns EXIT_USAGE. */
 int cli_parse_opts(const char *cmdname, int argc, char **argv, const opt *opts);
 double cli_now(void);
+/* The default calibration text: data/debdoc-calib.txt under $QSCOPE_SHARED
+ * if set, else ../shared (the project's shared data). Static buffer. */
+const char *cli_default_calib(void);
 /* Set threads, open co->model (default DEFAULT_MODEL); prints errors. */
 int cli_open_model(const common *co, model **m);
 int cli_read_text(const char *path, char **buf, size_t *len);

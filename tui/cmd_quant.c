@@ -21,7 +21,7 @@ static float q_alpha = -1, q_damp = 0.01f, q_outliers;
 static const opt o_quant[] = {
 	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
 	{ "-z", "--tokenizer", OPT_STR, &co.tokenizer, "FILE", "llama2.c tokenizer.bin" },
-	{ "-f", "--file", OPT_STR, &co.file, "CALIB", "calibration text (default ../shared/data/debdoc-calib.txt)" },
+	{ "-f", "--file", OPT_STR, &co.file, "CALIB", "calibration text (default $QSCOPE_SHARED/data/debdoc-calib.txt, ../shared if unset)" },
 	{ NULL, "--method", OPT_STR, &q_method, "M", "rtn, gptq, awq, smoothquant, hqq (default rtn)" },
 	{ NULL, "--bits", OPT_INT, &q_bits, "B", "integer bits 2..8 (default 4)" },
 	{ NULL, "--group", OPT_INT, &q_group, "G", "group size along the row; 0 = per channel, -1 = per tensor (default 128)" },
@@ -89,14 +89,6 @@ static int build_spec(quant_spec *s, qs_error *err)
 	return quant_spec_parse(buf, s, err);
 }
 
-static const char *default_calib(void)
-{
-	static const char *c[] = { "../shared/data/debdoc-calib.txt", "data/debdoc-calib.txt" };
-	for (size_t i = 0; i < 2; i++)
-		if (access(c[i], R_OK) == 0)
-			return c[i];
-	return c[0];
-}
 
 /* progress on stderr: one updating line on a terminal, plain lines otherwise */
 static void progress_line(const char *what, long done, long total, double v)
@@ -186,7 +178,7 @@ int cmd_quant(int argc, char **argv)
 	}
 	quant_opts qo = { .progress = co.json ? NULL : print_progress, .awq_rows = q_awq_rows };
 	if (quant_plan_needs_calib(&plan) || q_lerr) {
-		const char *cf = co.file ? co.file : default_calib();
+		const char *cf = co.file ? co.file : cli_default_calib();
 		size_t len;
 		calib_opts copts;
 		calib_opts_default(&copts);

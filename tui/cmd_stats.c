@@ -16,7 +16,7 @@
 #include "cli.h"
 #include "commands.h"
 
-#define DEFAULT_CALIB "../shared/data/debdoc-calib.txt"
+#define DEFAULT_CALIB "$QSCOPE_SHARED/data/debdoc-calib.txt, $QSCOPE_SHARED defaulting to ../shared"
 #define LAYER_ALL INT_MIN
 
 static common co;
@@ -325,7 +325,7 @@ int cmd_stats(int argc, char **argv)
 				"--outlier-k > 0, --sigma > 0, --layer >= -1\n");
 		return EXIT_USAGE;
 	}
-	const char *file = co.file ? co.file : DEFAULT_CALIB;
+	const char *file = co.file ? co.file : cli_default_calib();
 	model *m;
 	if ((rc = cli_open_model(&co, &m)))
 		return rc;
