@@ -278,6 +278,8 @@ uint64_t calib_key(const model *m, const char *text, size_t len, const calib_opt
 /* The cache folder: $QSCOPE_CACHE, else $XDG_CACHE_HOME/qscope, else
  * $HOME/.cache/qscope. Not created here. */
 int calib_cache_dir(char *buf, size_t cap, qs_error *err);
+/* mkdir -p of the folder part of path (for cache files). */
+int calib_make_parents(const char *path, qs_error *err);
 /* dir/calib-<key as 16 hex digits>.bin */
 int calib_cache_path(const char *dir, uint64_t key, char *buf, size_t cap, qs_error *err);
 

@@ -194,8 +194,7 @@ int calib_cache_path(const char *dir, uint64_t key, char *buf, size_t cap, qs_er
 	return 0;
 }
 
-/* mkdir -p of the folder part of path */
-static int make_parents(const char *path, qs_error *err)
+int calib_make_parents(const char *path, qs_error *err)
 {
 	char d[1024];
 	int n = snprintf(d, sizeof(d), "%s", path);
@@ -354,7 +353,7 @@ int calib_cache_save(const char *path, const calib_set *s, qs_error *err)
 
 	char tmp[1100];
 	FILE *f = NULL;
-	if ((rc = make_parents(path, err)))
+	if ((rc = calib_make_parents(path, err)))
 		goto out;
 	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp)) {
 		rc = qs_err(err, QS_EUSAGE, "calib cache: path too long");

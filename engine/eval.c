@@ -146,6 +146,42 @@ static double kl_row(const float *a, const float *b, int V, int target, double *
 	return kl > 0 ? kl : 0; /* rounding can give -1e-9 */
 }
 
+/* The statistics of a comparison from its per-position sums: kl (total,
+ * sorted here), NLL sums and squares of base (a) and test (b). */
+static void finish_cmp(eval_cmp_result *r, double *kl, long total, int n_chunks, int ctx,
+		       double nll_a, double nll2_a, double nll_b, double nll2_b, long same,
+		       double dp2)
+{
+	double n = (double)total;
+	eval_ppl_result *pr[2] = { &r->base, &r->test };
+	double sums[2][2] = { { nll_a, nll2_a }, { nll_b, nll2_b } };
+	for (int i = 0; i < 2; i++) {
+		double mean = sums[i][0] / n, var = sums[i][1] / n - mean * mean;
+		pr[i]->nll_mean = mean;
+		pr[i]->ppl = exp(mean);
+		pr[i]->ppl_stderr = var > 0 && total > 1 ? pr[i]->ppl * sqrt(var / (n - 1)) : 0;
+		pr[i]->chunks = n_chunks;
+		pr[i]->scored = total;
+		pr[i]->tokens = (long)n_chunks * ctx;
+	}
+	double ks = 0, ks2 = 0;
+	for (long i = 0; i < total; i++) {
+		ks += kl[i];
+		ks2 += kl[i] * kl[i];
+	}
+	r->n = total;
+	r->kld_mean = ks / n;
+	double kv = ks2 / n - r->kld_mean * r->kld_mean;
+	r->kld_stderr = kv > 0 && total > 1 ? sqrt(kv / (n - 1)) : 0;
+	qsort(kl, (size_t)total, sizeof(double), cmp_double);
+	r->kld_median = pct(kl, total, 0.5);
+	r->kld_p90 = pct(kl, total, 0.9);
+	r->kld_p99 = pct(kl, total, 0.99);
+	r->kld_max = kl[total - 1];
+	r->same_top_pct = 100.0 * (double)same / n;
+	r->rms_dp = 100.0 * sqrt(dp2 / n);
+}
+
 int eval_compare(const model *base, const model *test, const int *tokens, size_t n_tokens,
 		 const eval_ppl_opts *o, eval_cmp_result *r, qs_error *err)
 {
@@ -223,34 +259,7 @@ int eval_compare(const model *base, const model *test, const int *tokens, size_t
 			goto done;
 		}
 	}
-	double n = (double)total;
-	eval_ppl_result *pr[2] = { &r->base, &r->test };
-	double sums[2][2] = { { nll_a, nll2_a }, { nll_b, nll2_b } };
-	for (int i = 0; i < 2; i++) {
-		double mean = sums[i][0] / n, var = sums[i][1] / n - mean * mean;
-		pr[i]->nll_mean = mean;
-		pr[i]->ppl = exp(mean);
-		pr[i]->ppl_stderr = var > 0 && total > 1 ? pr[i]->ppl * sqrt(var / (n - 1)) : 0;
-		pr[i]->chunks = n_chunks;
-		pr[i]->scored = total;
-		pr[i]->tokens = (long)n_chunks * ctx;
-	}
-	double ks = 0, ks2 = 0;
-	for (long i = 0; i < total; i++) {
-		ks += kl[i];
-		ks2 += kl[i] * kl[i];
-	}
-	r->n = total;
-	r->kld_mean = ks / n;
-	double kv = ks2 / n - r->kld_mean * r->kld_mean;
-	r->kld_stderr = kv > 0 && total > 1 ? sqrt(kv / (n - 1)) : 0;
-	qsort(kl, (size_t)total, sizeof(double), cmp_double);
-	r->kld_median = pct(kl, total, 0.5);
-	r->kld_p90 = pct(kl, total, 0.9);
-	r->kld_p99 = pct(kl, total, 0.99);
-	r->kld_max = kl[total - 1];
-	r->same_top_pct = 100.0 * (double)same / n;
-	r->rms_dp = 100.0 * sqrt(dp2 / n);
+	finish_cmp(r, kl, total, n_chunks, ctx, nll_a, nll2_a, nll_b, nll2_b, same, dp2);
 	r->seconds = now_s() - t0;
 	r->base.seconds = r->test.seconds = r->seconds / 2;
 done:
@@ -261,5 +270,213 @@ done:
 	free(lb);
 	free(kl);
 	free(scr);
+	return rc;
+}
+
+/* ------------------------------------------------------------ incremental */
+
+struct eval_cache {
+	const model *base;
+	fwd_ctx *f;              /* made for base; pointed at the test model per run */
+	int ctx, n_chunks, batch, first, per, L, D, V;
+	int *toks;               /* (n_chunks, ctx - 1) inputs, BOS first */
+	int *tgt;                /* (n_chunks, per) targets */
+	float *hid;              /* (L, n_chunks * (ctx - 1), dim) input of each layer */
+	float *lp;               /* (n_chunks * per, V) base log-probabilities */
+	float *logits;           /* (batch * per, V) scratch */
+	float *scr;              /* (threads, V) scratch */
+	eval_ppl_result base_r;
+	double nll, nll2;        /* base: sums of -log p(target) and its square */
+};
+
+void eval_cache_free(eval_cache *c)
+{
+	if (!c)
+		return;
+	fwd_free(c->f);
+	free(c->toks);
+	free(c->tgt);
+	free(c->hid);
+	free(c->lp);
+	free(c->logits);
+	free(c->scr);
+	free(c);
+}
+
+const eval_ppl_result *eval_cache_base(const eval_cache *c)
+{
+	return &c->base_r;
+}
+
+int eval_cache_chunks(const eval_cache *c)
+{
+	return c->n_chunks;
+}
+
+static float *hid_at(const eval_cache *c, int l, int c0)
+{
+	return c->hid + ((size_t)l * c->n_chunks + (size_t)c0) * (size_t)(c->ctx - 1) * c->D;
+}
+
+eval_cache *eval_cache_new(const model *base, const int *tokens, size_t n_tokens, int n_chunks,
+			   int ctx, qs_error *err)
+{
+	const int bos = tok_bos(base->tok);
+	if (ctx <= 0)
+		ctx = 512;
+	if (ctx < 4 || ctx % 2 || bos < 0) {
+		qs_err(err, QS_EUSAGE, "eval: context %d must be even and >= 4, with a BOS token", ctx);
+		return NULL;
+	}
+	int avail = (int)(n_tokens / (size_t)ctx);
+	if (n_chunks <= 0 || n_chunks > avail)
+		n_chunks = avail;
+	if (n_chunks < 1) {
+		qs_err(err, QS_EUSAGE, "eval: the text has %zu tokens, need at least %d", n_tokens, ctx);
+		return NULL;
+	}
+	eval_cache *c = calloc(1, sizeof(*c));
+	if (!c) {
+		qs_err(err, QS_ENOMEM, "eval: out of memory");
+		return NULL;
+	}
+	c->base = base;
+	c->ctx = ctx;
+	c->n_chunks = n_chunks;
+	c->batch = n_chunks < 8 ? n_chunks : 8;
+	c->first = ctx / 2 - 1;
+	c->per = ctx - 1 - c->first;
+	c->L = base->cfg.n_layers;
+	c->D = base->cfg.dim;
+	c->V = base->cfg.vocab;
+	const size_t T = (size_t)ctx - 1, V = (size_t)c->V;
+	c->f = fwd_new_flags(base, c->batch, ctx - 1, FWD_PREFILL_ONLY, err);
+	if (!c->f)
+		goto fail_quiet;
+	c->toks = malloc(sizeof(int) * (size_t)n_chunks * T);
+	c->tgt = malloc(sizeof(int) * (size_t)n_chunks * c->per);
+	c->hid = malloc(sizeof(float) * (size_t)c->L * n_chunks * T * c->D);
+	c->lp = malloc(sizeof(float) * (size_t)n_chunks * c->per * V);
+	c->logits = malloc(sizeof(float) * (size_t)c->batch * c->per * V);
+	c->scr = malloc(sizeof(float) * V * (size_t)omp_get_max_threads());
+	if (!c->toks || !c->tgt || !c->hid || !c->lp || !c->logits || !c->scr) {
+		qs_err(err, QS_ENOMEM, "eval: out of memory for %d cached chunks", n_chunks);
+		goto fail_quiet;
+	}
+	for (int k = 0; k < n_chunks; k++) {
+		const int *src = tokens + (size_t)k * ctx;
+		memcpy(c->toks + (size_t)k * T, src, sizeof(int) * T);
+		c->toks[(size_t)k * T] = bos;
+		memcpy(c->tgt + (size_t)k * c->per, src + c->first + 1, sizeof(int) * (size_t)c->per);
+	}
+	double t0 = now_s(), nll = 0, nll2 = 0;
+	for (int c0 = 0; c0 < n_chunks; c0 += c->batch) {
+		int nb = n_chunks - c0 < c->batch ? n_chunks - c0 : c->batch;
+		if (fwd_embed(c->f, c->toks + (size_t)c0 * T, nb, (int)T, err))
+			goto fail_quiet;
+		for (int l = 0; l < c->L; l++) {
+			memcpy(hid_at(c, l, c0), fwd_hidden(c->f), sizeof(float) * nb * T * c->D);
+			if (fwd_layers(c->f, nb, (int)T, l, l + 1, err))
+				goto fail_quiet;
+		}
+		if (fwd_head(c->f, nb, (int)T, c->first, c->lp + (size_t)c0 * c->per * V, err))
+			goto fail_quiet;
+		long rows = (long)nb * c->per;
+		float *lp0 = c->lp + (size_t)c0 * c->per * V;
+		const int *tg = c->tgt + (size_t)c0 * c->per;
+#pragma omp parallel for reduction(+ : nll, nll2) schedule(static)
+		for (long i = 0; i < rows; i++) {
+			float *row = lp0 + (size_t)i * V;
+			float lse = (float)kn_logsumexp(row, c->V);
+			for (size_t j = 0; j < V; j++)
+				row[j] -= lse;
+			double v = -(double)row[tg[i]];
+			nll += v;
+			nll2 += v * v;
+		}
+	}
+	long n = (long)n_chunks * c->per;
+	c->nll = nll;
+	c->nll2 = nll2;
+	double mean = nll / (double)n, var = nll2 / (double)n - mean * mean;
+	c->base_r.nll_mean = mean;
+	c->base_r.ppl = exp(mean);
+	c->base_r.ppl_stderr = var > 0 && n > 1 ? c->base_r.ppl * sqrt(var / (double)(n - 1)) : 0;
+	c->base_r.chunks = n_chunks;
+	c->base_r.scored = n;
+	c->base_r.tokens = (long)n_chunks * ctx;
+	c->base_r.seconds = now_s() - t0;
+	c->base_r.gflop = eval_flops(&base->cfg, n_chunks, ctx - 1, c->per) * 1e-9;
+	return c;
+fail_quiet:
+	eval_cache_free(c);
+	return NULL;
+}
+
+int eval_cache_run(eval_cache *c, const model *test, int from_layer, eval_cmp_result *r,
+		   qs_error *err)
+{
+	memset(r, 0, sizeof(*r));
+	if (from_layer < 0 || from_layer > c->L)
+		return qs_err(err, QS_EUSAGE, "eval: layer %d out of range 0..%d", from_layer, c->L);
+	int rc = fwd_set_model(c->f, test, err);
+	if (rc)
+		return rc;
+	const size_t T = (size_t)c->ctx - 1, V = (size_t)c->V;
+	long total = (long)c->n_chunks * c->per;
+	double *kl = malloc(sizeof(double) * (size_t)total);
+	if (!kl) {
+		fwd_set_model(c->f, c->base, NULL);
+		return qs_err(err, QS_ENOMEM, "eval: out of memory");
+	}
+	double t0 = now_s(), nll_b = 0, nll2_b = 0, dp2 = 0;
+	long same = 0;
+	for (int c0 = 0; c0 < c->n_chunks; c0 += c->batch) {
+		int nb = c->n_chunks - c0 < c->batch ? c->n_chunks - c0 : c->batch;
+		memcpy(fwd_hidden(c->f), hid_at(c, from_layer < c->L ? from_layer : c->L - 1, c0),
+		       sizeof(float) * nb * T * c->D);
+		if (from_layer < c->L)
+			rc = fwd_layers(c->f, nb, (int)T, from_layer, c->L, err);
+		else /* the head alone: the residual after the last layer */
+			rc = fwd_layers(c->f, nb, (int)T, c->L - 1, c->L, err);
+		if (rc || (rc = fwd_head(c->f, nb, (int)T, c->first, c->logits, err)))
+			break;
+		long rows = (long)nb * c->per;
+		const float *lp0 = c->lp + (size_t)c0 * c->per * V;
+		const int *tg = c->tgt + (size_t)c0 * c->per;
+		double *klo = kl + (long)c0 * c->per;
+#pragma omp parallel for reduction(+ : nll_b, nll2_b, dp2, same) schedule(static)
+		for (long i = 0; i < rows; i++) {
+			const float *a = lp0 + (size_t)i * V, *b = c->logits + (size_t)i * V;
+			float *pa = c->scr + V * (size_t)omp_get_thread_num();
+			float lb = (float)kn_logsumexp(b, c->V);
+			kn_exp(pa, a, V);
+			double s = 0;
+			size_t ia = 0, ib = 0;
+			for (size_t j = 0; j < V; j++) {
+				s += (double)(pa[j] * (a[j] - (b[j] - lb)));
+				if (a[j] > a[ia])
+					ia = j;
+				if (b[j] > b[ib])
+					ib = j;
+			}
+			klo[i] = s > 0 ? s : 0;
+			double v = (double)lb - b[tg[i]];
+			nll_b += v;
+			nll2_b += v * v;
+			double d = exp(-v) - exp((double)a[tg[i]]);
+			dp2 += d * d;
+			same += ia == ib;
+		}
+	}
+	if (!rc) {
+		finish_cmp(r, kl, total, c->n_chunks, c->ctx, c->nll, c->nll2, nll_b, nll2_b, same,
+			   dp2);
+		r->base = c->base_r;
+		r->seconds = now_s() - t0;
+		r->test.seconds = r->seconds;
+	}
+	free(kl);
+	fwd_set_model(c->f, c->base, NULL);
 	return rc;
 }

@@ -50,6 +50,27 @@ typedef struct eval_cmp_result {
 int eval_compare(const model *base, const model *test, const int *tokens, size_t n_tokens,
 		 const eval_ppl_opts *o, eval_cmp_result *r, qs_error *err);
 
+/* Incremental evaluation (sensitivity scans, the workbench's quick eval):
+ * the first n_chunks chunks of a text on eval_compare's protocol, with the
+ * base model's residual stream cached at the input of every layer and its
+ * log-probabilities at the scored positions. A test model that computes the
+ * same function as base in layers [0, from_layer) is evaluated by running
+ * only layers from_layer.. and the head. Memory: n_layers x n_chunks x
+ * (ctx - 1) x dim floats of hidden states plus n_chunks x ctx/2 x vocab
+ * floats of log-probabilities (8 chunks of debdoc-19m: 50 + 67 MB). */
+typedef struct eval_cache eval_cache;
+eval_cache *eval_cache_new(const model *base, const int *tokens, size_t n_tokens, int n_chunks,
+			   int ctx, qs_error *err);
+void eval_cache_free(eval_cache *c);
+/* The base model's perplexity on the cached chunks (r->base of every run). */
+const eval_ppl_result *eval_cache_base(const eval_cache *c);
+int eval_cache_chunks(const eval_cache *c);
+/* Evaluate test (same configuration as base; layers < from_layer must
+ * equal base's) against base: r as eval_compare fills it. from_layer may be
+ * n_layers (only the head differs). */
+int eval_cache_run(eval_cache *c, const model *test, int from_layer, eval_cmp_result *r,
+		   qs_error *err);
+
 /* FLOPs of a prefill of n_seq sequences of n_tok tokens with logits for the
  * last n_logits positions of each: linear layers for every token, causal
  * attention (QK^T and PV over t+1 keys for position t), output head. */

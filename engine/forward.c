@@ -178,6 +178,19 @@ void fwd_reload(fwd_ctx *f)
 	to_f32(m->out_norm, f->out_norm);
 }
 
+int fwd_set_model(fwd_ctx *f, const model *m, qs_error *err)
+{
+	const model_config *a = &f->c, *b = &m->cfg;
+	if (a->vocab != b->vocab || a->dim != b->dim || a->n_layers != b->n_layers ||
+	    a->n_heads != b->n_heads || a->n_kv_heads != b->n_kv_heads ||
+	    a->head_dim != b->head_dim || a->hidden != b->hidden || a->rope_style != b->rope_style ||
+	    a->rope_theta != b->rope_theta || a->eps != b->eps || a->attn_bias != b->attn_bias)
+		return qs_err(err, QS_EUSAGE, "forward: model %s has another configuration", m->path);
+	f->m = m;
+	fwd_reload(f);
+	return 0;
+}
+
 void fwd_free(fwd_ctx *f)
 {
 	if (!f)

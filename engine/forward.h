@@ -43,6 +43,10 @@ void fwd_free(fwd_ctx *f);
  * after a quantizer replaced them. Matrices are read at every call. */
 void fwd_reload(fwd_ctx *f);
 
+/* Run the context on another model with the same configuration (e.g. a
+ * quantized model derived from the one it was made for): its norms are
+ * read, its matrices are read at every call. */
+int fwd_set_model(fwd_ctx *f, const model *m, qs_error *err);
 void fwd_set_capture(fwd_ctx *f, fwd_capture_fn fn, void *user);
 /* Make fwd_layers return right after capturing `site` (enum fwd_site) of the
  * first layer it runs, leaving the residual stream unchanged: a pass that

@@ -350,3 +350,21 @@ size_t model_bytes(const model *m)
 		n += model_tensor_bytes(&m->tensors[i]);
 	return n;
 }
+
+float *model_tensor_f32(const model_tensor *t)
+{
+	size_t rows = (size_t)t->ne[1], cols = (size_t)t->ne[0];
+	float *w = malloc(sizeof(float) * rows * cols);
+	if (!w)
+		return NULL;
+	if (t->q) {
+		kn_qmatrix_dequant(t->q, 0, (int)rows, w);
+		return w;
+	}
+	const kn_type_traits *tr = kn_traits(t->type);
+	size_t rs = kn_row_size(t->type, cols);
+#pragma omp parallel for schedule(static)
+	for (size_t r = 0; r < rows; r++)
+		tr->to_float((const char *)t->data + r * rs, w + r * cols, cols);
+	return w;
+}

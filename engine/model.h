@@ -111,6 +111,9 @@ model *model_derive(const model *base, qs_error *err);
 size_t model_bytes(const model *m);
 size_t model_tensor_bytes(const model_tensor *t);
 
+/* A malloc'd f32 copy (rows, cols) of a tensor's current weights (its
+ * quantized replacement dequantized, if any); NULL when out of memory. */
+float *model_tensor_f32(const model_tensor *t);
 const model_tensor *model_find(const model *m, const char *name);
 size_t model_n_params(const model *m);
 

@@ -307,3 +307,14 @@ void quant_act(float *x, long n, int cols, int bits, int per_token, float static
 		}
 	}
 }
+
+size_t quant_spec_bytes(const quant_spec *s, int rows, int cols)
+{
+	if (s->method == QUANT_NONE)
+		return 0;
+	size_t b = kn_qparams_bytes(&s->fmt, rows, cols);
+	if (s->method == QUANT_GPTQ && s->act_order && !s->static_groups && s->fmt.fmt == KN_QF_INT &&
+	    s->fmt.group > 0)
+		b += sizeof(int32_t) * (size_t)cols; /* g_idx */
+	return b;
+}

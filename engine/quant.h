@@ -61,6 +61,11 @@ void quant_spec_str(const quant_spec *s, char *buf, size_t cap);
  * e.g. "blk.3.ffn_down.weight: group 100 does not divide the row length 1024". */
 int quant_spec_check(const quant_spec *s, const char *tensor, int rows, int cols, qs_error *err);
 const char *quant_method_name(int m);
+/* Bytes of a rows x cols tensor stored with spec s: the format's codes,
+ * scales and zeros, plus GPTQ's per-column group index with act_order
+ * (without static_groups). Outlier columns (s->outlier_thresh) depend on the
+ * calibration data and are not included. 0 for QUANT_NONE. */
+size_t quant_spec_bytes(const quant_spec *s, int rows, int cols);
 
 /* ---- per-matrix methods (W is rows x cols, row-major f32; q allocated by
  * the caller with kn_qmatrix_alloc(&q, &spec->fmt, rows, cols)) ---- */

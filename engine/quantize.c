@@ -1,12 +1,15 @@
 #include "quantize.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <errno.h>
+#include <jansson.h>
 #include <math.h>
 #include <pcre2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <cblas.h>
 
@@ -152,7 +155,8 @@ size_t quant_plan_bytes(const model *m, const quant_plan *p, size_t *params)
 	for (int i = 0; i < m->n_tensors; i++) {
 		const model_tensor *t = &m->tensors[i];
 		const quant_spec *s = quant_plan_find(p, t->name);
-		b += s ? kn_qparams_bytes(&s->fmt, (int)t->ne[1], (int)t->ne[0]) : t->nbytes;
+		b += s && s->method != QUANT_NONE ? quant_spec_bytes(s, (int)t->ne[1], (int)t->ne[0])
+						  : t->nbytes;
 		n += (size_t)t->ne[0] * (size_t)t->ne[1];
 	}
 	if (params)
@@ -195,28 +199,9 @@ static model_tensor *mut(model *m, const model_tensor *t)
 	return t ? &m->tensors[t - m->tensors] : NULL;
 }
 
-/* f32 copy of a tensor's current weights */
-static float *load_f32(const model_tensor *t)
-{
-	size_t rows = (size_t)t->ne[1], cols = (size_t)t->ne[0];
-	float *w = malloc(sizeof(float) * rows * cols);
-	if (!w)
-		return NULL;
-	if (t->q) {
-		kn_qmatrix_dequant(t->q, 0, (int)rows, w);
-		return w;
-	}
-	const kn_type_traits *tr = kn_traits(t->type);
-	size_t rs = kn_row_size(t->type, cols);
-#pragma omp parallel for schedule(static)
-	for (size_t r = 0; r < rows; r++)
-		tr->to_float((const char *)t->data + r * rs, w + r * cols, cols);
-	return w;
-}
-
 static int ensure_W(qctx *c, int i)
 {
-	if (!c->W[i] && !(c->W[i] = load_f32(c->mt[i])))
+	if (!c->W[i] && !(c->W[i] = model_tensor_f32(c->mt[i])))
 		return qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
 	return 0;
 }
@@ -321,43 +306,49 @@ static int site_cols(const model_config *cfg, int site)
 	return calib_site_cols(cfg, site);
 }
 
-/* Quantize matrix i from W (rows, cols) with its spec; stats (may be NULL)
- * give H and channel absmax of its input. */
-static int quantize_one(qctx *c, model_tensor *t, const quant_spec *s, const float *W,
-			const calib_stats *stats)
+int quant_tensor(const char *name, const float *W, int rows, int cols, const quant_spec *s,
+		 const double *H, long n, const float *x_absmax, kn_qmatrix **out,
+		 double *gptq_seconds, qs_error *err)
 {
-	int rows = (int)t->ne[1], cols = (int)t->ne[0];
+	*out = NULL;
+	if (s->method == QUANT_AWQ || s->method == QUANT_SMOOTHQUANT)
+		return qs_err(err, QS_EUNSUPP,
+			      "%s: %s scales fold into the norm shared with other tensors; it runs "
+			      "over a whole model (quant_model), not one tensor",
+			      name, quant_method_name(s->method));
+	if (quant_spec_check(s, name, rows, cols, err))
+		return QS_EUSAGE;
 	kn_qmatrix *q = calloc(1, sizeof(*q));
 	if (!q || kn_qmatrix_alloc(q, &s->fmt, rows, cols)) {
 		free(q);
-		return qs_err(c->err, QS_ENOMEM, "%s: cannot allocate the quantized matrix", t->name);
+		return qs_err(err, QS_ENOMEM, "%s: cannot allocate the quantized matrix", name);
 	}
 	int rc = 0;
-	if (s->outlier_thresh > 0 && stats && stats->absmax) {
+	if (s->outlier_thresh > 0 && x_absmax) {
 		int32_t *oc = malloc(sizeof(int32_t) * (size_t)cols);
-		int n = 0;
+		int k = 0;
 		for (int j = 0; oc && j < cols; j++)
-			if (stats->absmax[j] > s->outlier_thresh)
-				oc[n++] = j;
-		if (!oc || kn_qmatrix_set_outliers(q, oc, n, W))
-			rc = qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
+			if (x_absmax[j] > s->outlier_thresh)
+				oc[k++] = j;
+		if (!oc || kn_qmatrix_set_outliers(q, oc, k, W))
+			rc = qs_err(err, QS_ENOMEM, "quantize: out of memory");
 		free(oc);
 	}
 	if (!rc) {
 		switch (s->method) {
 		case QUANT_GPTQ: {
-			if (!stats || !stats->xtx) {
-				rc = qs_err(c->err, QS_EUSAGE, "%s: gptq needs calibration data", t->name);
+			if (!H) {
+				rc = qs_err(err, QS_EUSAGE, "%s: gptq needs calibration data", name);
 				break;
 			}
 			double t0 = now_s();
-			rc = quant_gptq(q, W, stats->xtx, (long)stats->rows, s, c->err);
-			c->rep->seconds_gptq += now_s() - t0;
-			c->rep->gptq_gflop += (2.0 * rows * (double)cols * cols + 1.0 * cols * (double)cols * cols) * 1e-9;
+			rc = quant_gptq(q, W, H, n, s, err);
+			if (gptq_seconds)
+				*gptq_seconds += now_s() - t0;
 			break;
 		}
 		case QUANT_HQQ:
-			rc = quant_hqq(q, W, s, c->err);
+			rc = quant_hqq(q, W, s, err);
 			break;
 		default: /* RTN, and AWQ/SmoothQuant after scaling */
 			kn_qmatrix_quantize_rtn(q, W, s->mse);
@@ -369,6 +360,28 @@ static int quantize_one(qctx *c, model_tensor *t, const quant_spec *s, const flo
 		free(q);
 		return rc;
 	}
+	*out = q;
+	return 0;
+}
+
+/* Quantize matrix i from W (rows, cols) with its spec; stats (may be NULL)
+ * give H and channel absmax of its input. AWQ/SmoothQuant arrive here
+ * already scaled and are rounded to nearest. */
+static int quantize_one(qctx *c, model_tensor *t, const quant_spec *s, const float *W,
+			const calib_stats *stats)
+{
+	int rows = (int)t->ne[1], cols = (int)t->ne[0];
+	quant_spec rs = *s;
+	if (rs.method == QUANT_AWQ || rs.method == QUANT_SMOOTHQUANT)
+		rs.method = QUANT_RTN;
+	kn_qmatrix *q;
+	int rc = quant_tensor(t->name, W, rows, cols, &rs, stats ? stats->xtx : NULL,
+			      stats ? (long)stats->rows : 0, stats ? stats->absmax : NULL, &q,
+			      &c->rep->seconds_gptq, c->err);
+	if (rc)
+		return rc;
+	if (s->method == QUANT_GPTQ)
+		c->rep->gptq_gflop += (2.0 * rows * (double)cols * cols + 1.0 * cols * (double)cols * cols) * 1e-9;
 	if ((rc = model_keep_qmatrix(c->m, q, c->err)))
 		return rc;
 	/* the stored tensor stays described as it was in the file; q overrides it */
@@ -702,7 +715,7 @@ static int do_edge(qctx *c, const model_tensor *bt, int site_output)
 		if (rc)
 			return rc;
 	}
-	float *W = load_f32(t);
+	float *W = model_tensor_f32(t);
 	if (!W)
 		rc = qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
 	else
@@ -797,7 +810,7 @@ typedef struct lerr_ctx {
 static double rel_err_h(const model_tensor *b, const model_tensor *t, const double *H)
 {
 	int R = (int)b->ne[1], C = (int)b->ne[0];
-	float *W = load_f32(b), *Q = load_f32(t), *Hf = malloc(sizeof(float) * (size_t)C * C);
+	float *W = model_tensor_f32(b), *Q = model_tensor_f32(t), *Hf = malloc(sizeof(float) * (size_t)C * C);
 	float *M = malloc(sizeof(float) * (size_t)R * C);
 	double num = NAN;
 	if (W && Q && Hf && M) {
@@ -879,4 +892,103 @@ int quant_layer_errors(const model *base, const model *qm, const int *calib, int
 	*errs = e;
 	*n_errs = base->n_tensors;
 	return 0;
+}
+
+/* ------------------------------------------------------------------ recipes */
+
+int quant_plan_save(const char *path, const model *m, const quant_plan *p, const char *source,
+		    qs_error *err)
+{
+	size_t params = 0, bytes = quant_plan_bytes(m, p, &params);
+	json_t *root = json_object(), *ts = json_array();
+	json_object_set_new(root, "qscope_recipe", json_integer(1));
+	json_object_set_new(root, "model", json_string(m->path));
+	if (source)
+		json_object_set_new(root, "source", json_string(source));
+	json_object_set_new(root, "bytes", json_integer((json_int_t)bytes));
+	json_object_set_new(root, "bpw", json_real(params ? 8.0 * (double)bytes / (double)params : 0));
+	for (int i = 0; i < p->n; i++) {
+		char sp[128];
+		quant_spec_str(&p->e[i].spec, sp, sizeof(sp));
+		json_array_append_new(ts, json_pack("{s:s, s:s}", "name", p->e[i].name, "spec", sp));
+	}
+	json_object_set_new(root, "tensors", ts);
+	char *text = json_dumps(root, JSON_INDENT(1));
+	json_decref(root);
+	if (!text)
+		return qs_err(err, QS_ENOMEM, "recipe: out of memory");
+	char tmp[1200];
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	FILE *f = fopen(tmp, "wb");
+	int rc = 0;
+	if (!f) {
+		rc = qs_err(err, QS_EIO, "%s: cannot write: %s", tmp, strerror(errno));
+	} else {
+		size_t n = strlen(text);
+		int bad = fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF || fflush(f) ||
+			  fsync(fileno(f));
+		bad |= fclose(f) != 0;
+		if (bad || rename(tmp, path)) {
+			rc = qs_err(err, QS_EIO, "%s: cannot write: %s", path, strerror(errno));
+			unlink(tmp);
+		}
+	}
+	free(text);
+	return rc;
+}
+
+int quant_plan_load(const char *path, const model *m, quant_plan *out, qs_error *err)
+{
+	memset(out, 0, sizeof(*out));
+	json_error_t je;
+	json_t *root = json_load_file(path, 0, &je);
+	if (!root)
+		return qs_err(err, je.line < 0 ? QS_EIO : QS_EFORMAT, "%s:%d: %s", path, je.line, je.text);
+	int rc = 0;
+	json_t *ver = json_object_get(root, "qscope_recipe"), *ts = json_object_get(root, "tensors");
+	if (!json_is_integer(ver) || json_integer_value(ver) != 1) {
+		rc = qs_err(err, QS_EFORMAT, "%s: field 'qscope_recipe' missing or not version 1", path);
+		goto out;
+	}
+	if (!json_is_array(ts)) {
+		rc = qs_err(err, QS_EFORMAT, "%s: field 'tensors' must be an array", path);
+		goto out;
+	}
+	for (size_t i = 0; i < json_array_size(ts) && !rc; i++) {
+		json_t *e = json_array_get(ts, i);
+		const char *name = json_string_value(json_object_get(e, "name"));
+		const char *spec = json_string_value(json_object_get(e, "spec"));
+		if (!name || !spec) {
+			rc = qs_err(err, QS_EFORMAT, "%s: tensors[%zu]: fields 'name' and 'spec' must be strings",
+				    path, i);
+			break;
+		}
+		const model_tensor *t = model_find(m, name);
+		if (!t || !quant_tensor_kind(name)) {
+			char pb[160];
+			rc = qs_err(err, QS_EFORMAT, "%s: tensors[%zu]: '%s' is not a quantizable tensor of %s",
+				    path, i, qs_printz(pb, sizeof(pb), name), m->path);
+			break;
+		}
+		quant_spec s;
+		qs_error e2;
+		if (quant_spec_parse(spec, &s, &e2)) {
+			rc = qs_err(err, QS_EFORMAT, "%s: tensors[%zu] (%s): %s", path, i, name, e2.msg);
+			break;
+		}
+		if (quant_spec_check(&s, name, (int)t->ne[1], (int)t->ne[0], &e2)) {
+			rc = qs_err(err, QS_EFORMAT, "%s: %s", path, e2.msg);
+			break;
+		}
+		if (quant_plan_find(out, name)) {
+			rc = qs_err(err, QS_EFORMAT, "%s: tensors[%zu]: '%s' listed twice", path, i, name);
+			break;
+		}
+		rc = quant_plan_add(out, name, &s, err);
+	}
+out:
+	json_decref(root);
+	if (rc)
+		quant_plan_release(out);
+	return rc;
 }

@@ -39,6 +39,26 @@ int quant_plan_needs_calib(const quant_plan *p);
 /* Exact bytes of the model's tensors under the plan, without quantizing. */
 size_t quant_plan_bytes(const model *m, const quant_plan *p, size_t *params);
 
+/* Quantize one weight matrix W (rows, cols, row-major f32) with spec s into
+ * a new matrix (*out, caller releases with kn_qmatrix_release + free). RTN,
+ * HQQ and the formats need nothing else; GPTQ needs H, the cols x cols
+ * X^T X of its input over n rows; s->outlier_thresh uses x_absmax (cols,
+ * the input's per-channel absmax; NULL: no outlier columns). AWQ and
+ * SmoothQuant are refused (their scales fold into a norm that other tensors
+ * share: they run over a whole model). gptq_seconds (may be NULL) is
+ * increased by the time spent in GPTQ. name is for messages. */
+int quant_tensor(const char *name, const float *W, int rows, int cols, const quant_spec *s,
+		 const double *H, long n, const float *x_absmax, struct kn_qmatrix **out,
+		 double *gptq_seconds, qs_error *err);
+
+/* Recipes: a plan as JSON ({"qscope_recipe": 1, "model", "source", "bytes",
+ * "bpw", "tensors": [{"name", "spec"}]}), written atomically. Loading checks
+ * every tensor against m (it must exist, be quantizable and fit its spec)
+ * and names the file, entry and field on error. */
+int quant_plan_save(const char *path, const model *m, const quant_plan *p, const char *source,
+		    qs_error *err);
+int quant_plan_load(const char *path, const model *m, quant_plan *out, qs_error *err);
+
 typedef struct quant_opts {
 	const int *calib;    /* calibration tokens (n_calib, calib_len), BOS first */
 	int n_calib, calib_len;

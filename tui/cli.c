@@ -57,6 +57,14 @@ int cli_parse_opts(const char *cmdname, int argc, char **argv, const opt *opts)
 				return EXIT_USAGE;
 			}
 			*(float *)o->dst = (float)x;
+		} else if (o->kind == OPT_LIST) {
+			cli_list *l = o->dst;
+			if (l->n == CLI_LIST_MAX) {
+				fprintf(stderr, "qscope %s: %s given more than %d times\n", cmdname, o->lng,
+					CLI_LIST_MAX);
+				return EXIT_USAGE;
+			}
+			l->v[l->n++] = v;
 		} else {
 			*(const char **)o->dst = v;
 		}
@@ -165,10 +173,15 @@ int cli_write_atomic(const char *path, const void *data, size_t len)
 }
 
 
+const char *cli_shared_data(const char *file, char *buf, size_t cap)
+{
+	const char *sh = getenv("QSCOPE_SHARED");
+	snprintf(buf, cap, "%s/data/%s", sh && *sh ? sh : "../shared", file);
+	return buf;
+}
+
 const char *cli_default_calib(void)
 {
 	static char buf[4096];
-	const char *sh = getenv("QSCOPE_SHARED");
-	snprintf(buf, sizeof(buf), "%s/data/debdoc-calib.txt", sh && *sh ? sh : "../shared");
-	return buf;
+	return cli_shared_data("debdoc-calib.txt", buf, sizeof(buf));
 }

@@ -13,7 +13,14 @@
 #define EXIT_INPUT 2
 #define DEFAULT_MODEL "models/debdoc-19m-f16.gguf"
 
-enum opt_kind { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STR };
+enum opt_kind { OPT_FLAG, OPT_INT, OPT_FLOAT, OPT_STR, OPT_LIST };
+
+/* OPT_LIST: an option that may be given several times (dst is a cli_list) */
+#define CLI_LIST_MAX 64
+typedef struct cli_list {
+	const char *v[CLI_LIST_MAX];
+	int n;
+} cli_list;
 
 typedef struct opt {
 	const char *shrt, *lng;
@@ -36,6 +43,8 @@ double cli_now(void);
 /* The default calibration text: data/debdoc-calib.txt under $QSCOPE_SHARED
  * if set, else ../shared (the project's shared data). Static buffer. */
 const char *cli_default_calib(void);
+/* $QSCOPE_SHARED/data/FILE (../shared/data/FILE if unset) into buf. */
+const char *cli_shared_data(const char *file, char *buf, size_t cap);
 /* Set threads, open co->model (default DEFAULT_MODEL); prints errors. */
 int cli_open_model(const common *co, model **m);
 int cli_read_text(const char *path, char **buf, size_t *len);

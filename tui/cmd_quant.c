@@ -9,6 +9,8 @@
 #include "../engine/eval.h"
 #include "../engine/forward.h"
 #include "../engine/quantize.h"
+#include "../engine/sens.h"
+#include "../lua/policy.h"
 #include "commands.h"
 
 static common co;
@@ -17,6 +19,8 @@ static const char *q_act_per = "token";
 static int q_bits = 4, q_group = 128, q_sym, q_asym, q_act_order, q_static, q_mse, q_act_bits;
 static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos, q_noeval, q_lerr, q_awq_rows = 65536;
 static float q_alpha = -1, q_damp = 0.01f, q_outliers;
+static const char *q_policy, *q_recipe, *q_save_recipe, *q_sens;
+static cli_list q_set;
 
 static const opt o_quant[] = {
 	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
@@ -37,6 +41,11 @@ static const opt o_quant[] = {
 	{ NULL, "--outliers", OPT_FLOAT, &q_outliers, "T", "keep input channels with calibration absmax > T in FP16 (LLM.int8(): 6)" },
 	{ NULL, "--act-bits", OPT_INT, &q_act_bits, "B", "simulate B-bit activations at every linear input (0 = off)" },
 	{ NULL, "--act-per", OPT_STR, &q_act_per, "token|tensor", "activation scales per token (dynamic) or per tensor (static)" },
+	{ NULL, "--policy", OPT_STR, &q_policy, "FILE.lua", "choose each tensor's spec with a Lua policy (see docs/LUA.md)" },
+	{ NULL, "--set", OPT_LIST, &q_set, "KEY=VALUE", "a policy parameter, seen as args.KEY (repeatable)" },
+	{ NULL, "--sens", OPT_STR, &q_sens, "FILE", "sensitivity results for the policy (qscope sensitivity -o); default: scanned on demand, cached" },
+	{ NULL, "--recipe", OPT_STR, &q_recipe, "FILE", "apply a saved plan (JSON recipe) instead of a spec or policy" },
+	{ NULL, "--save-recipe", OPT_STR, &q_save_recipe, "FILE", "write the resolved plan as a JSON recipe (atomically)" },
 	{ NULL, "--include", OPT_STR, &q_include, "REGEX", "quantize tensors whose name matches (default: all block linears)" },
 	{ NULL, "--exclude", OPT_STR, &q_exclude, "REGEX", "leave matching tensors unquantized" },
 	{ NULL, "--eval", OPT_STR, &q_eval, "TEXT", "evaluation text (default data/wikitext-2-test.txt)" },
@@ -127,7 +136,8 @@ static void dry_run(const model *m, const quant_plan *p)
 		const model_tensor *t = &m->tensors[i];
 		const quant_spec *s = quant_plan_find(p, t->name);
 		size_t n = (size_t)t->ne[0] * (size_t)t->ne[1];
-		size_t b = s ? kn_qparams_bytes(&s->fmt, (int)t->ne[1], (int)t->ne[0]) : t->nbytes;
+		size_t b = s && s->method != QUANT_NONE ? quant_spec_bytes(s, (int)t->ne[1], (int)t->ne[0])
+							: t->nbytes;
 		char sp[128] = "(stored)";
 		if (s)
 			quant_spec_str(s, sp, sizeof(sp));
@@ -137,6 +147,122 @@ static void dry_run(const model *m, const quant_plan *p)
 			printf("%-28s %-24s %12zu %12zu %7.3f\n", t->name, sp, n, b, 8.0 * b / n);
 	}
 	printf("%-28s %-24s %12zu %12zu %7.3f\n", "total", "", tp, tb, 8.0 * tb / tp);
+}
+
+/* ---- the policy's host: calibration statistics and sensitivity on demand */
+
+typedef struct host {
+	const model *m;
+	calib_set *calib;
+	sens_table sens;
+	int have_sens;
+} host;
+
+static int host_calib(void *user, const calib_set **out, qs_error *err)
+{
+	host *h = user;
+	if (!h->calib) {
+		const char *cf = co.file ? co.file : cli_default_calib();
+		char *text = NULL, dir[1024];
+		size_t len;
+		calib_opts o;
+		calib_opts_default(&o);
+		o.n_samples = q_samples;
+		o.seq_len = q_seq;
+		o.seed = (uint64_t)q_seed;
+		o.raw_windows = q_bos;
+		if (cli_read_text(cf, &text, &len))
+			return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
+		calib_cache_info info;
+		int rc = calib_collect(h->m, text, len, &o,
+				       calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir, NULL, NULL,
+				       &h->calib, &info, err);
+		free(text);
+		if (rc)
+			return rc;
+		if (info.warning[0])
+			fprintf(stderr, "qscope quant: warning: %s\n", info.warning);
+	}
+	*out = h->calib;
+	return 0;
+}
+
+static int host_sens(void *user, const char *const *cands, int n, const sens_table **out,
+		     qs_error *err)
+{
+	host *h = user;
+	sens_cli c;
+	sens_cli_defaults(&c);
+	c.quiet = co.json;
+	c.calib = co.file;
+	int hit;
+	sens_table t;
+	if (sens_cli_run(h->m, &c, cands, n, &t, &hit))
+		return qs_err(err, QS_EUSAGE, "see the message above");
+	if (h->have_sens)
+		sens_table_release(&h->sens);
+	h->sens = t;
+	h->have_sens = 1;
+	*out = &h->sens;
+	return 0;
+}
+
+static void host_log(void *user, const char *line)
+{
+	(void)user;
+	fprintf(stderr, "policy: %s\n", line);
+}
+
+/* The plan from --policy, --recipe or the uniform spec. */
+static int make_plan(const model *m, const quant_spec *spec, host *h, quant_plan *plan, char *what,
+		     size_t cap)
+{
+	qs_error err = { 0 };
+	if (q_policy && q_recipe) {
+		fprintf(stderr, "qscope quant: --policy and --recipe exclude each other\n");
+		return EXIT_USAGE;
+	}
+	if (q_policy) {
+		pol_opts po = { .args = q_set.v, .n_args = q_set.n, .get_calib = host_calib,
+				.get_sens = host_sens, .log = host_log, .user = h };
+		if (q_sens) {
+			if (sens_load(q_sens, m, &h->sens, &err)) {
+				fprintf(stderr, "qscope quant: %s\n", err.msg);
+				return EXIT_INPUT;
+			}
+			h->have_sens = 1;
+			po.sens = &h->sens;
+		}
+		pol_result r;
+		if (pol_run_file(m, q_policy, &po, &r, &err)) {
+			fprintf(stderr, "qscope quant: %s\n", err.msg);
+			if (r.trace[0] && getenv("QSCOPE_TRACE"))
+				fprintf(stderr, "%s\n", r.trace);
+			pol_result_release(&r);
+			return err.code == QS_EIO ? EXIT_INPUT : EXIT_USAGE;
+		}
+		*plan = r.plan;
+		snprintf(what, cap, "policy %s", q_policy);
+		return 0;
+	}
+	if (q_set.n) {
+		fprintf(stderr, "qscope quant: --set needs --policy\n");
+		return EXIT_USAGE;
+	}
+	if (q_recipe) {
+		if (quant_plan_load(q_recipe, m, plan, &err)) {
+			fprintf(stderr, "qscope quant: %s\n", err.msg);
+			return EXIT_INPUT;
+		}
+		snprintf(what, cap, "recipe %s", q_recipe);
+		return 0;
+	}
+	if (quant_plan_uniform(m, spec, q_include, q_exclude, plan, &err)) {
+		fprintf(stderr, "qscope quant: %s\n", err.msg);
+		return EXIT_USAGE;
+	}
+	quant_spec_str(spec, what, cap);
+	return 0;
 }
 
 int cmd_quant(int argc, char **argv)
@@ -156,22 +282,25 @@ int cmd_quant(int argc, char **argv)
 	}
 	model *m = NULL, *qm = NULL;
 	quant_plan plan = { 0 };
+	host h = { 0 };
 	int *calib = NULL, *ids = NULL;
 	char *text = NULL;
 	if ((rc = cli_open_model(&co, &m)))
 		return rc;
-	if (quant_plan_uniform(m, &spec, q_include, q_exclude, &plan, &err)) {
-		fprintf(stderr, "qscope quant: %s\n", err.msg);
-		rc = EXIT_USAGE;
+	h.m = m;
+	char sp[1200];
+	if ((rc = make_plan(m, &spec, &h, &plan, sp, sizeof(sp))))
 		goto out;
-	}
 	if (plan.n == 0) {
-		fprintf(stderr, "qscope quant: no tensor matches the plan\n");
+		fprintf(stderr, "qscope quant: no tensor to quantize (%s)\n", sp);
 		rc = EXIT_USAGE;
 		goto out;
 	}
-	char sp[128];
-	quant_spec_str(&spec, sp, sizeof(sp));
+	if (q_save_recipe && quant_plan_save(q_save_recipe, m, &plan, sp, &err)) {
+		fprintf(stderr, "qscope quant: %s\n", err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
 	if (q_dry) {
 		dry_run(m, &plan);
 		goto out;
@@ -312,6 +441,9 @@ int cmd_quant(int argc, char **argv)
 	else
 		json_decref(j);
 out:
+	if (h.have_sens)
+		sens_table_release(&h.sens);
+	calib_set_free(h.calib);
 	free(ids);
 	free(calib);
 	free(text);

@@ -619,6 +619,13 @@ static const cmd cmds[] = {
 	  "Quantize every matched tensor with one spec, then report size (bytes, bits per weight)\n"
 	  "and quality (perplexity against the unquantized model, KL divergence).",
 	  quant_opts_table },
+	{ "sensitivity", cmd_sens,
+	  "sensitivity -m MODEL [-f EVAL] [--chunks 8] [--candidates int4g128,int3g128,q8_0]\n"
+	  "       [--include RE] [--json] [-o sens.json]",
+	  "Quantize one tensor at a time with each candidate spec and measure the perplexity\n"
+	  "change and KL divergence on a quick evaluation set (only the layers after the tensor\n"
+	  "are recomputed). Cached; Lua policies see the results as t.sens.",
+	  sens_opts_table },
 	{ "bench", cmd_bench, "bench [-m MODEL] [-f TEXT] [--chunks N] [-o docs/BENCH.md]",
 	  "Measure perplexity throughput and decode speed against this machine's sgemm peak and\n"
 	  "copy bandwidth, measured in the same run; writes a markdown table.",
