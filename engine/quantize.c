@@ -691,7 +691,7 @@ static int do_edge(qctx *c, const model_tensor *bt, int site_output)
 	const quant_spec *s = quant_plan_find(c->plan, bt->name);
 	if (!s)
 		return 0;
-	model_tensor *t = mut(c->m, bt);
+	model_tensor *t = &c->m->tensors[bt - c->base->tensors]; /* bt is base's */
 	if (s->method == QUANT_AWQ || s->method == QUANT_SMOOTHQUANT || (!site_output && s->method == QUANT_GPTQ) ||
 	    (!site_output && s->outlier_thresh > 0))
 		return qs_err(c->err, QS_EUSAGE, "%s: method %s is not supported for this tensor",

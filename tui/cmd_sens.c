@@ -14,7 +14,7 @@
 
 static common co;
 static const char *s_cands = DEFAULT_CANDS, *s_include, *s_out, *s_calib;
-static int s_chunks = 8, s_ctx = 512, s_nocache, s_samples = 128, s_seq = 512, s_seed;
+static int s_chunks = 8, s_ctx = 512, s_nocache, s_samples = 128, s_seq = 512, s_seed, s_first;
 
 static const opt o_sens[] = {
 	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
@@ -22,6 +22,7 @@ static const opt o_sens[] = {
 	{ "-f", "--file", OPT_STR, &co.file, "EVAL", "evaluation text (default $QSCOPE_SHARED/data/debdoc-val.txt, ../shared if unset)" },
 	{ NULL, "--chunks", OPT_INT, &s_chunks, "N", "evaluation chunks (default 8)" },
 	{ "-c", "--ctx", OPT_INT, &s_ctx, "N", "chunk length (default 512)" },
+	{ NULL, "--first", OPT_FLAG, &s_first, NULL, "the text's first chunks (default: chunks spread evenly over the text)" },
 	{ NULL, "--candidates", OPT_STR, &s_cands, "LIST", "comma-separated specs (default " DEFAULT_CANDS "); rtn, hqq, gptq and the formats" },
 	{ NULL, "--include", OPT_STR, &s_include, "REGEX", "tensors to scan (default: every block linear)" },
 	{ NULL, "--calib", OPT_STR, &s_calib, "CALIB", "calibration text for gptq candidates (default debdoc-calib.txt)" },
@@ -60,6 +61,7 @@ void sens_cli_defaults(sens_cli *c)
 	c->samples = 128;
 	c->seq_len = 512;
 	c->cache = 1;
+	c->spread = 1;
 }
 
 int sens_cli_run(const model *m, const sens_cli *c, const char *const *cands, int n_cands,
@@ -74,6 +76,16 @@ int sens_cli_run(const model *m, const sens_cli *c, const char *const *cands, in
 	*cache_hit = 0;
 	if ((rc = cli_tokenize_file(m, ev, &ids, &n_ids)))
 		return rc;
+	/* the chunks spread evenly over the text, not its first pages: a quick
+	 * set should look like the whole text (debdoc-val's first 8 chunks have
+	 * perplexity 1.5, the text as a whole about 9) */
+	int ctx = c->ctx > 0 ? c->ctx : 512, avail = (int)(n_ids / (size_t)ctx);
+	if (c->spread && c->chunks > 0 && c->chunks < avail) {
+		for (int k = 0; k < c->chunks; k++)
+			memmove(ids + (size_t)k * ctx, ids + (size_t)k * avail / c->chunks * ctx,
+				sizeof(int) * (size_t)ctx);
+		n_ids = (size_t)c->chunks * ctx;
+	}
 	sens_opts so;
 	sens_opts_default(&so);
 	so.chunks = c->chunks;
@@ -129,7 +141,7 @@ int sens_cli_run(const model *m, const sens_cli *c, const char *const *cands, in
 		rc = err.code == QS_EUSAGE || err.code == QS_EUNSUPP ? EXIT_USAGE : EXIT_INPUT;
 		goto out;
 	}
-	snprintf(out->eval, sizeof(out->eval), "%s", ev);
+	snprintf(out->eval, sizeof(out->eval), "%s%s", ev, c->spread && c->chunks < avail ? " (chunks spread over the text)" : "");
 	if (path[0] && sens_save(path, out, &err))
 		fprintf(stderr, "qscope sensitivity: warning: cache not written: %s\n", err.msg);
 out:
@@ -205,6 +217,7 @@ int cmd_sens(int argc, char **argv)
 	c.seed = s_seed;
 	c.cache = !s_nocache;
 	c.quiet = 0;
+	c.spread = !s_first;
 	model *m = NULL;
 	if ((rc = cli_open_model(&co, &m)))
 		return rc;

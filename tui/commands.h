@@ -25,6 +25,7 @@ typedef struct sens_cli {
 	int samples, seq_len, seed;
 	int cache;            /* read and write the cache */
 	int quiet;            /* no progress on stderr */
+	int spread;           /* chunks spread evenly over the text (1) */
 } sens_cli;
 void sens_cli_defaults(sens_cli *c);
 /* Prints its errors; returns 0 or an exit code. *out is caller-released. */
