@@ -278,6 +278,21 @@ int quant_spec_check(const quant_spec *s, const char *tensor, int rows, int cols
 		return qs_err(err, QS_EUSAGE, "%s: act bits %d not in 2..16", tensor, s->act_bits);
 	if (s->outlier_thresh < 0)
 		return qs_err(err, QS_EUSAGE, "%s: outlier threshold must be positive", tensor);
+	/* the embedding table's input is token ids and the output head's input
+	 * has no norm of its own to fold scales into (quantize.c, do_edge) */
+	int emb = !strncmp(tensor, "token_embd", 10);
+	int head = !strcmp(tensor, "output.weight") || !strcmp(tensor, "output");
+	if ((emb || head) && (s->method == QUANT_AWQ || s->method == QUANT_SMOOTHQUANT))
+		return qs_err(err, QS_EUSAGE, "%s: method %s needs a norm before the tensor to fold its "
+			      "scales into; use %s", tensor, quant_method_name(s->method),
+			      emb ? "rtn or hqq" : "rtn, gptq or hqq");
+	if (emb && (s->method == QUANT_GPTQ || s->outlier_thresh > 0))
+		return qs_err(err, QS_EUSAGE, "%s: %s needs input activations and the input of the "
+			      "embedding table is token ids; use rtn or hqq", tensor,
+			      s->method == QUANT_GPTQ ? "gptq" : "outliers");
+	if ((emb || head) && s->act_bits)
+		return qs_err(err, QS_EUSAGE, "%s: activation quantization is only simulated at the "
+			      "inputs of the block linears", tensor);
 	return 0;
 }
 

@@ -76,6 +76,11 @@ static int needs_calib(const quant_spec *s)
 	return s->method == QUANT_GPTQ || s->outlier_thresh > 0;
 }
 
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
 uint64_t sens_key(const model *m, const int *tokens, size_t n_tokens, const sens_opts *o)
 {
 	calib_opts co;
@@ -88,15 +93,19 @@ uint64_t sens_key(const model *m, const int *tokens, size_t n_tokens, const sens
 	h = calib_hash64(tokens, sizeof(int) * need, h);
 	const int64_t v[] = { o->chunks, o->ctx, o->n_cands };
 	h = calib_hash64(v, sizeof(v), h);
-	int calib = 0;
-	for (int i = 0; i < o->n_cands; i++) {
-		char c[96];
+	/* candidates in sorted canonical form: the same set in another order or
+	 * spelling is the same scan */
+	char cs[SENS_MAX_CANDS][96];
+	int calib = 0, nc = o->n_cands < SENS_MAX_CANDS ? o->n_cands : SENS_MAX_CANDS;
+	for (int i = 0; i < nc; i++) {
 		quant_spec sp;
-		canon(o->cands[i], c, sizeof(c));
-		h = calib_hash64(c, strlen(c) + 1, h);
+		canon(o->cands[i], cs[i], sizeof(cs[i]));
 		if (!quant_spec_parse(o->cands[i], &sp, NULL) && needs_calib(&sp))
 			calib = 1;
 	}
+	qsort(cs, (size_t)nc, sizeof(cs[0]), cmp_str);
+	for (int i = 0; i < nc; i++)
+		h = calib_hash64(cs[i], strlen(cs[i]) + 1, h);
 	if (o->include)
 		h = calib_hash64(o->include, strlen(o->include) + 1, h);
 	if (calib && o->calib) {
@@ -175,6 +184,9 @@ static int scan_tensor(scan *s, int i, const calib_stats *st)
 		eval_cmp_result r;
 		rc = eval_cache_run(s->ec, s->m, from > L ? L : from, &r, s->err);
 		t->q = NULL;
+		model_config part = s->base->cfg; /* the layers run: from.. (the head alone: none) */
+		part.n_layers = L - (from > L ? L : from);
+		s->t->gflop += eval_flops(&part, s->t->chunks, s->t->ctx - 1, s->t->ctx / 2) * 1e-9;
 		sens_entry *e = &s->t->e[(size_t)i * s->t->n_cands + c];
 		snprintf(e->tensor, sizeof(e->tensor), "%s", name);
 		e->cand = c;
@@ -304,6 +316,7 @@ int sens_scan(const model *base, const int *tokens, size_t n_tokens, const sens_
 	out->chunks = eval_cache_chunks(s.ec);
 	out->ctx = o->ctx > 0 ? o->ctx : 512;
 	out->base_ppl = eval_cache_base(s.ec)->ppl;
+	out->gflop = eval_cache_base(s.ec)->gflop;
 	snprintf(out->model, sizeof(out->model), "%s", base->path);
 	out->key = sens_key(base, tokens, n_tokens, o);
 	if ((rc = scan_layer(&s, -1, NULL)))
@@ -351,6 +364,7 @@ char *sens_dumps(const sens_table *t)
 	json_object_set_new(root, "ctx", json_integer(t->ctx));
 	json_object_set_new(root, "base_ppl", json_real(t->base_ppl));
 	json_object_set_new(root, "seconds", json_real(t->seconds));
+	json_object_set_new(root, "gflop", json_real(t->gflop));
 	for (int c = 0; c < t->n_cands; c++)
 		json_array_append_new(cands, json_string(t->cands[c]));
 	json_object_set_new(root, "candidates", cands);
@@ -470,6 +484,8 @@ int sens_load(const char *path, const model *m, sens_table *out, qs_error *err)
 	out->chunks = (int)v;
 	if (!get_num(root, "ctx", &v, path, "header", NULL))
 		out->ctx = (int)v;
+	get_num(root, "seconds", &out->seconds, path, "header", NULL);
+	get_num(root, "gflop", &out->gflop, path, "header", NULL);
 	size_t nt = json_array_size(ts);
 	if (nt > 100000) {
 		rc = qs_err(err, QS_EFORMAT, "%s: field 'tensors': %zu entries", path, nt);

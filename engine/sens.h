@@ -44,6 +44,7 @@ typedef struct sens_table {
 	sens_entry *e;         /* (n) tensor-major: n_tensors x n_cands */
 	int n;
 	double seconds;
+	double gflop;          /* forward FLOPs of the scan (base pass and every partial run) */
 } sens_table;
 
 typedef struct sens_opts {

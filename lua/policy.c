@@ -43,6 +43,7 @@ typedef struct pol_run {
 	char trace[2048];
 	qs_error *err;
 	quant_plan *plan;    /* the result being built */
+	const char *cur;     /* tensor whose spec is being chosen, for messages */
 } pol_run;
 
 static pol_run *run_of(lua_State *L)
@@ -88,7 +89,12 @@ static void count_hook(lua_State *L, lua_Debug *ar)
 			r->instr_hit = 1;
 			lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
 		}
-		luaL_error(L, "instruction budget of %I exceeded", (lua_Integer)r->budget);
+		/* position of the running Lua function (level 0 inside a hook), not
+		 * of its caller as luaL_error would give */
+		luaL_where(L, 0);
+		lua_pushfstring(L, "instruction budget of %I exceeded", (lua_Integer)r->budget);
+		lua_concat(L, 2);
+		lua_error(L);
 	}
 }
 
@@ -127,12 +133,18 @@ static int pcall_tb(lua_State *L, int nargs, int nres)
 	size_t n = strcspn(full, "\n");
 	if (n > 480)
 		n = 480;
-	if (r->mem_hit || st == LUA_ERRMEM)
-		qs_err(r->err, QS_EUSAGE, "%s: memory cap of %zu MiB exceeded", r->name, r->cap >> 20);
+	int mem = st == LUA_ERRMEM || (r->mem_hit && (st == LUA_ERRERR ||
+						     !strncmp(full, "not enough memory", 17)));
+	char where[160] = "";
+	if (r->cur && !strstr(full, r->cur))
+		snprintf(where, sizeof(where), " (tensor %s)", r->cur);
+	if (mem)
+		qs_err(r->err, QS_EUSAGE, "%s: memory cap of %zu MiB exceeded%s", r->name, r->cap >> 20,
+		       where);
 	else if (strncmp(full, r->name, strlen(r->name)) != 0) /* no position: name the file */
-		qs_err(r->err, QS_EUSAGE, "%s: %.*s", r->name, (int)n, full);
+		qs_err(r->err, QS_EUSAGE, "%s: %.*s%s", r->name, (int)n, full, where);
 	else
-		qs_err(r->err, QS_EUSAGE, "%.*s", (int)n, full);
+		qs_err(r->err, QS_EUSAGE, "%.*s%s", (int)n, full, where);
 	lua_pop(L, 1);
 	return QS_EUSAGE;
 }
@@ -157,17 +169,48 @@ static int safe_load(lua_State *L)
 	return lua_gettop(L);
 }
 
-/* setmetatable without finalizers: __gc runs during lua_close with hooks
- * off, where no instruction budget could stop it. upvalue 1 is the
- * original setmetatable. */
+/* setmetatable(t, mt) without finalizers: __gc runs during lua_close with
+ * hooks off, where no instruction budget could stop it. Otherwise what the
+ * base library's setmetatable does; written here so that errors carry the
+ * caller's line. */
 static int safe_setmetatable(lua_State *L)
 {
-	if (lua_type(L, 2) == LUA_TTABLE) {
+	int t = lua_type(L, 2);
+	luaL_checktype(L, 1, LUA_TTABLE);
+	luaL_argexpected(L, t == LUA_TNIL || t == LUA_TTABLE, 2, "nil or table");
+	if (t == LUA_TTABLE) {
 		lua_pushliteral(L, "__gc");
 		if (lua_rawget(L, 2) != LUA_TNIL)
 			return luaL_error(L, "setmetatable: __gc finalizers are not allowed in policies");
 		lua_pop(L, 1);
 	}
+	if (luaL_getmetafield(L, 1, "__metatable") != LUA_TNIL)
+		return luaL_error(L, "cannot change a protected metatable");
+	lua_settop(L, 2);
+	lua_setmetatable(L, 1);
+	return 1;
+}
+
+/* xpcall(f, handler, ...): once the instruction budget is spent the
+ * handler is skipped (Lua runs it from the count hook, where hooks are off
+ * and a loop in it could never be stopped). upvalue 1 is the original
+ * xpcall. */
+static int guarded_handler(lua_State *L)
+{
+	if (run_of(L)->instr_hit)
+		return 1; /* the message as it is */
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_insert(L, 1);
+	lua_call(L, lua_gettop(L) - 1, 1);
+	return 1;
+}
+
+static int safe_xpcall(lua_State *L)
+{
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	lua_pushvalue(L, 2);
+	lua_pushcclosure(L, guarded_handler, 1);
+	lua_replace(L, 2);
 	lua_pushvalue(L, lua_upvalueindex(1));
 	lua_insert(L, 1);
 	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
@@ -218,9 +261,11 @@ static void open_sandbox(lua_State *L)
 	lua_getglobal(L, "load");
 	lua_pushcclosure(L, safe_load, 1);
 	lua_setglobal(L, "load");
-	lua_getglobal(L, "setmetatable");
-	lua_pushcclosure(L, safe_setmetatable, 1);
+	lua_pushcfunction(L, safe_setmetatable);
 	lua_setglobal(L, "setmetatable");
+	lua_getglobal(L, "xpcall");
+	lua_pushcclosure(L, safe_xpcall, 1);
+	lua_setglobal(L, "xpcall");
 	lua_getglobal(L, "string");
 	lua_pushnil(L);
 	lua_setfield(L, -2, "dump");
@@ -276,6 +321,10 @@ static int spec_from_lua(lua_State *L, int idx, const char *tensor, char *buf, s
 		snprintf(method, sizeof(method), "%s", lua_tostring(L, -1));
 		lua_pop(L, 1);
 	}
+	if (!strcmp(method, "none")) { /* {method = "none"}: keep the tensor */
+		buf[0] = 0;
+		return 0;
+	}
 	if (FIELD("format")) {
 		lua_getfield(L, idx, "format");
 		if (lua_type(L, -1) != LUA_TSTRING)
@@ -291,7 +340,7 @@ static int spec_from_lua(lua_State *L, int idx, const char *tensor, char *buf, s
 			continue;
 		lua_getfield(L, idx, ints[i]);
 		int isint = 0;
-		lua_Integer v = lua_tointegerx(L, -1, &isint);
+		lua_Integer v = lua_type(L, -1) == LUA_TNUMBER ? lua_tointegerx(L, -1, &isint) : 0;
 		lua_pop(L, 1);
 		if (!isint)
 			return luaL_error(L, "%s: field '%s' must be an integer", tensor, ints[i]);
@@ -497,8 +546,8 @@ static void push_stats(lua_State *L, const calib_stats *s)
 	set_num(L, "outlier_frac", s->outlier_frac);
 	set_num(L, "sigma", s->sigma);
 	lua_createtable(L, s->n_outlier_ch, 0);
-	for (int i = 0; i < s->n_outlier_ch; i++) {
-		lua_pushinteger(L, s->outlier_ch[i]);
+	for (int i = 0; i < s->n_outlier_ch; i++) { /* 1-based, like channel_absmax */
+		lua_pushinteger(L, s->outlier_ch[i] + 1);
 		lua_rawseti(L, -2, i + 1);
 	}
 	lua_setfield(L, -2, "outlier_channels");
@@ -699,6 +748,8 @@ static void spec_arg(lua_State *L, int idx, const char *fn, quant_spec *s)
 {
 	char buf[256];
 	qs_error e;
+	if (lua_isnoneornil(L, idx))
+		luaL_error(L, "%s: a spec is required", fn);
 	spec_from_lua(L, idx, fn, buf, sizeof(buf));
 	if (!buf[0])
 		luaL_error(L, "%s: a spec is required", fn);
@@ -787,18 +838,29 @@ int pol_fit(int n, int n_cands, const double *cost, const size_t *bytes, size_t 
 			      budget, minb);
 	if (budget > maxb)
 		budget = maxb;
-	/* bytes in units, rounded up: a solution within the rounded capacity is
-	 * within the real budget */
-	size_t unit = budget / FIT_MAX_STEPS + 1;
-	size_t cap = budget / unit;
+	/* The DP runs over each tensor's bytes above its smallest candidate,
+	 * against the budget left after the smallest mix, in units rounded up:
+	 * the smallest mix always fits, and a solution within the rounded
+	 * capacity is within the real budget. */
+	size_t spare = budget - minb;
+	size_t unit = spare / FIT_MAX_STEPS + 1;
+	size_t cap = spare / unit;
 	size_t W = cap + 1;
 	double *dp = malloc(sizeof(double) * W), *nd = malloc(sizeof(double) * W);
 	unsigned char *pick = malloc((size_t)n * W);
+	size_t *lo = malloc(sizeof(size_t) * (size_t)n);
 	int rc = 0;
-	if (!dp || !nd || !pick || n_cands > 255) {
+	if (!dp || !nd || !pick || !lo || n_cands > 255) {
 		rc = qs_err(err, QS_ENOMEM, "qs.fit: out of memory (%d tensors x %zu steps)", n, W);
 		goto out;
 	}
+	for (int i = 0; i < n; i++) {
+		lo[i] = SIZE_MAX;
+		for (int c = 0; c < n_cands; c++)
+			if (bytes[(size_t)i * n_cands + c] < lo[i])
+				lo[i] = bytes[(size_t)i * n_cands + c];
+	}
+#define UNITS(i, c) ((bytes[(size_t)(i) * n_cands + (c)] - lo[i] + unit - 1) / unit)
 	/* dp[w] = least cost of the tensors so far using at most w units */
 	for (size_t w = 0; w < W; w++)
 		dp[w] = 0;
@@ -808,7 +870,7 @@ int pol_fit(int n, int n_cands, const double *cost, const size_t *bytes, size_t 
 			double best = INFINITY;
 			int bc = 255;
 			for (int c = 0; c < n_cands; c++) {
-				size_t u = (bytes[(size_t)i * n_cands + c] + unit - 1) / unit;
+				size_t u = UNITS(i, c);
 				if (u > w || !isfinite(dp[w - u]))
 					continue;
 				double v = dp[w - u] + cost[(size_t)i * n_cands + c];
@@ -824,23 +886,18 @@ int pol_fit(int n, int n_cands, const double *cost, const size_t *bytes, size_t 
 		dp = nd;
 		nd = t;
 	}
-	if (!isfinite(dp[cap])) {
-		rc = qs_err(err, QS_EUSAGE,
-			    "qs.fit: no mix fits the budget of %zu bytes once sizes are rounded to %zu-byte "
-			    "units; raise the budget slightly",
-			    budget, unit);
-		goto out;
-	}
 	size_t w = cap;
 	for (int i = n - 1; i >= 0; i--) {
 		int c = pick[(size_t)i * W + w];
 		choice[i] = c;
-		w -= (bytes[(size_t)i * n_cands + c] + unit - 1) / unit;
+		w -= UNITS(i, c);
 	}
+#undef UNITS
 out:
 	free(dp);
 	free(nd);
 	free(pick);
+	free(lo);
 	return rc;
 }
 
@@ -978,7 +1035,11 @@ static int l_fit(lua_State *L)
 		}
 	}
 	size_t budget;
+	int has_bpw = lua_getfield(L, 1, "budget_bpw") != LUA_TNIL;
+	lua_pop(L, 1);
 	if (lua_getfield(L, 1, "budget_bytes") != LUA_TNIL) {
+		if (has_bpw)
+			return luaL_error(L, "qs.fit: give 'budget_bpw' or 'budget_bytes', not both");
 		int isint;
 		lua_Integer b = lua_tointegerx(L, -1, &isint);
 		if (!isint || b < 1)
@@ -1105,6 +1166,9 @@ static int setup(lua_State *L)
 static int run_policy(lua_State *L)
 {
 	pol_run *r = run_of(L);
+	/* `model` is also a global, for code at file scope (e.g. before qs.fit) */
+	push_model(L, r->m);
+	lua_setglobal(L, "model");
 	/* the chunk is at 1: call it to get the policy function */
 	lua_call(L, 0, 1);
 	if (lua_type(L, -1) != LUA_TFUNCTION)
@@ -1118,6 +1182,7 @@ static int run_policy(lua_State *L)
 	lua_newtable(L); /* result: name -> canonical spec string */
 	int res = lua_gettop(L);
 	for (int i = 0; i < r->n_tens; i++) {
+		r->cur = r->tens[i].t->name;
 		lua_pushvalue(L, fn);
 		lua_rawgeti(L, ti, i + 1);
 		lua_pushvalue(L, mi);
@@ -1133,6 +1198,7 @@ static int run_policy(lua_State *L)
 		lua_pushstring(L, buf);
 		lua_setfield(L, res, r->tens[i].t->name);
 	}
+	r->cur = NULL;
 	for (int i = 0; i < r->n_tens; i++) {
 		if (lua_getfield(L, res, r->tens[i].t->name) == LUA_TSTRING) {
 			quant_spec s;
@@ -1182,7 +1248,7 @@ int pol_run_string(const model *m, const char *name, const char *src, size_t len
 	int st = luaL_loadbufferx(L, src, len, chunk, "t");
 	if (st != LUA_OK) {
 		const char *msg = lua_tostring(L, -1);
-		if (r.mem_hit || st == LUA_ERRMEM)
+		if (st == LUA_ERRMEM)
 			rc = qs_err(err, QS_EUSAGE, "%s: memory cap of %zu MiB exceeded", name, r.cap >> 20);
 		else
 			rc = qs_err(err, QS_EUSAGE, "%s", msg ? msg : "cannot load");

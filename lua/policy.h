@@ -18,8 +18,12 @@
  * and utf8 only; no io, os, require, dofile, loadfile, collectgarbage,
  * string.dump; load accepts text chunks only. A counting allocator ends the
  * run with an error past mem_cap bytes, and a count hook past instr_budget
- * VM instructions. Every call into Lua is protected; errors come back as one
+ * VM instructions (xpcall handlers are skipped once it is spent;
+ * setmetatable refuses __gc, whose finalizers would run with hooks off).
+ * Time spent inside one C library call (a pathological string pattern) is
+ * not counted. Every call into Lua is protected; errors come back as one
  * line, "policy.lua:12: attempt to index a nil value (field 'stats')", with
+ * the tensor being decided appended when the message does not name it and
  * the traceback kept in pol_result.trace. */
 #ifndef QS_POLICY_H
 #define QS_POLICY_H
@@ -80,11 +84,13 @@ void pol_result_release(pol_result *r);
  * n_cands candidate specs for each of the n tensors minimizing the sum of
  * cost[i * n_cands + c] (objective values, e.g. KLD) subject to
  * sum bytes[i * n_cands + c] <= budget. A multiple-choice knapsack solved
- * exactly by dynamic programming over bytes rounded up to a unit small
- * enough for at most ~2^18 capacity steps (so the budget is never
- * exceeded; the optimum is within the rounding of the unit). choice (n)
- * gets the candidate index of each tensor. Error if even the cheapest
- * choices exceed the budget. */
+ * exactly by dynamic programming over each tensor's bytes above its
+ * smallest candidate, against the budget left after the smallest mix, in
+ * units of (spare / 2^18 + 1) bytes with sizes rounded up: the budget is
+ * never exceeded, a budget equal to the smallest mix is met, and the
+ * optimum is exact when sizes are multiples of the unit. choice (n) gets
+ * the candidate index of each tensor. Error if even the cheapest choices
+ * exceed the budget. */
 int pol_fit(int n, int n_cands, const double *cost, const size_t *bytes, size_t budget,
 	    int *choice, qs_error *err);
 

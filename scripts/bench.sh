@@ -41,7 +41,31 @@ print(f"held at once ({resid:.0f} MiB here: 128 x 512 tokens x dim 384 x 4 bytes
 print("batch of 8 windows of forward scratch and the mapped model; for this 19M-parameter model those")
 print("fixed costs are larger than the model, for a 7B model they are a few percent of it.")
 PY
-	cat build/bench-main.md build/bench-gptq.md > docs/BENCH.md
+	# the sensitivity scan: 56 block linears x 3 candidates, 8 chunks, no cache
+	/usr/bin/time -v ./qscope sensitivity -m "$model" --no-cache --json \
+		> build/bench-sens.json 2> build/bench-sens.time
+	python3 - build/bench-sens.json build/bench-sens.time build/bench-main.md <<'PY' > build/bench-sens.md
+import json, re, sys
+jf, tf, mainf = sys.argv[1:4]
+j = json.load(open(jf))
+t = open(tf).read()
+rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1)) / 1024
+wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", t).group(1)
+peak = re.search(r"sgemm peak, before / after \| ([\d.]+) / ([\d.]+)", open(mainf).read())
+pk = (float(peak.group(1)) + float(peak.group(2))) / 2 if peak else float("nan")
+n = len(j["tensors"]) * len(j["candidates"])
+print("\n## Sensitivity scan\n")
+print("`qscope sensitivity --no-cache` with its defaults: every block linear x candidates "
+      + ", ".join(f"`{c}`" for c in j["candidates"]) + f", {j['chunks']} chunks of {j['ctx']}"
+      " spread over `debdoc-val.txt`; each run starts from the cached hidden states of the tensor's layer.\n")
+print("| what | value |\n| --- | --- |")
+print(f"| tensor x candidate runs | {n} |")
+print(f"| scan time (wall, whole command) | {j['seconds']:.1f} s ({wall}) |")
+print(f"| per run | {1000 * j['seconds'] / n:.0f} ms |")
+print(f"| forward FLOPs (base pass + partial runs) | {j['gflop']:.0f} GFLOP = {j['gflop'] / j['seconds']:.0f} GFLOP/s = {100 * j['gflop'] / j['seconds'] / pk:.0f}% of the sgemm peak |")
+print(f"| peak resident memory | {rss:.0f} MiB |")
+PY
+	cat build/bench-main.md build/bench-gptq.md build/bench-sens.md > docs/BENCH.md
 else
 	cp build/bench-main.md docs/BENCH.md
 fi

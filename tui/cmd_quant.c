@@ -222,6 +222,19 @@ static int make_plan(const model *m, const quant_spec *spec, host *h, quant_plan
 		fprintf(stderr, "qscope quant: --policy and --recipe exclude each other\n");
 		return EXIT_USAGE;
 	}
+	if ((q_policy || q_recipe) &&
+	    (q_spec || q_format || q_include || q_exclude || strcmp(q_method, "rtn") || q_bits != 4 ||
+	     q_group != 128 || q_sym || q_asym || q_act_order || q_static || q_mse || q_outliers > 0 ||
+	     q_act_bits || q_alpha >= 0 || q_damp != 0.01f)) {
+		fprintf(stderr, "qscope quant: --%s chooses every tensor's spec; drop --spec, --method, "
+			"--bits, --group, --format, --include, --exclude and the method options\n",
+			q_policy ? "policy" : "recipe");
+		return EXIT_USAGE;
+	}
+	if (q_sens && !q_policy) {
+		fprintf(stderr, "qscope quant: --sens is read by a policy: it needs --policy\n");
+		return EXIT_USAGE;
+	}
 	if (q_policy) {
 		pol_opts po = { .args = q_set.v, .n_args = q_set.n, .get_calib = host_calib,
 				.get_sens = host_sens, .log = host_log, .user = h };
@@ -242,7 +255,9 @@ static int make_plan(const model *m, const quant_spec *spec, host *h, quant_plan
 			return err.code == QS_EIO ? EXIT_INPUT : EXIT_USAGE;
 		}
 		*plan = r.plan;
-		snprintf(what, cap, "policy %s", q_policy);
+		int n = snprintf(what, cap, "policy %s", q_policy);
+		for (int i = 0; i < q_set.n && n > 0 && (size_t)n < cap; i++)
+			n += snprintf(what + n, cap - (size_t)n, " --set %s", q_set.v[i]);
 		return 0;
 	}
 	if (q_set.n) {

@@ -151,18 +151,29 @@ out:
 	return rc;
 }
 
-/* Split a comma list in place into at most cap pointers. */
+/* Split a comma list of specs in place into at most cap pointers. A piece
+ * that is not a spec by itself ("act_order", "damp=0.02") is an option of
+ * the spec before it and stays joined to it. */
 int sens_cli_split(char *list, const char **v, int cap)
 {
 	int n = 0;
-	for (char *t = strtok(list, ","); t; t = strtok(NULL, ",")) {
-		while (*t == ' ')
-			t++;
-		if (!*t)
-			continue;
-		if (n == cap)
-			return -1;
-		v[n++] = t;
+	char *p = list;
+	while (*p) {
+		char *start = p, *end = strchr(p, ',');
+		char *next = end ? end + 1 : p + strlen(p);
+		if (end)
+			*end = 0;
+		while (*p == ' ')
+			p++;
+		quant_spec sp;
+		if (*p && (n == 0 || !quant_spec_parse(p, &sp, NULL))) {
+			if (n == cap)
+				return -1;
+			v[n++] = p;
+		} else if (*p) {
+			start[-1] = ','; /* an option of the previous spec: rejoin */
+		}
+		p = next;
 	}
 	return n;
 }
