@@ -297,6 +297,76 @@ static void test_quant_cli(void **s)
 	free(out);
 }
 
+/* Lua policies and recipes from the command line; the sensitivity scan */
+static void test_policy_cli(void **s)
+{
+	(void)s;
+	char cmd[4096], *out, *out2, *err;
+	const char *model = tu_shared("models/debdoc-19m-f16.gguf");
+	char recipe[512];
+	snprintf(recipe, sizeof(recipe), "%s", tu_tmppath("recipe.json"));
+	snprintf(cmd, sizeof(cmd),
+		 "%s quant -m %s --policy lua/policies/uniform.lua --set spec=int4g32sym --dry-run "
+		 "--save-recipe %s", bin, model, recipe);
+	assert_int_equal(run(cmd, &out), 0);
+	assert_non_null(strstr(out, "blk.7.ffn_down.weight"));
+	assert_non_null(strstr(out, "int4g32sym"));
+	json_error_t je;
+	json_t *r = json_load_file(recipe, 0, &je);
+	assert_non_null(r);
+	assert_int_equal(json_array_size(json_object_get(r, "tensors")), 56);
+	assert_non_null(strstr(json_string_value(json_object_get(r, "source")), "--set spec=int4g32sym"));
+	json_decref(r);
+	/* the recipe gives the same plan */
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --recipe %s --dry-run", bin, model, recipe);
+	assert_int_equal(run(cmd, &out2), 0);
+	assert_string_equal(out, out2);
+	free(out);
+	free(out2);
+	/* a policy chooses the specs: uniform flags with it are a usage error */
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --policy lua/policies/uniform.lua --spec q4_0 --dry-run",
+		 bin, model);
+	assert_int_equal(run(cmd, NULL), 1);
+	err = last_stderr();
+	assert_non_null(strstr(err, "--policy chooses every tensor's spec"));
+	free(err);
+	/* a syntax error names the file and line */
+	char bad[512];
+	snprintf(bad, sizeof(bad), "%s", tu_tmppath("bad.lua"));
+	const char *src = "-- a policy\nreturn function(t) return = 4 end\n";
+	tu_write_file(bad, src, strlen(src));
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --policy %s --dry-run", bin, model, bad);
+	assert_int_equal(run(cmd, NULL), 1);
+	err = last_stderr();
+	assert_non_null(strstr(err, "bad.lua:2:"));
+	free(err);
+	/* ppl with a policy: RTN only, quick; the quantized model is worse than the base */
+	snprintf(cmd, sizeof(cmd),
+		 "%s ppl -m %s -f %s --policy lua/policies/keep_ends.lua --set lo=int3g128 --set hi=q8_0 "
+		 "--chunks 1 --json", bin, model, tu_shared("data/wikitext-2-test.txt"));
+	assert_int_equal(run(cmd, &out), 0);
+	json_t *j = json_loads(out, 0, &je);
+	assert_non_null(j);
+	assert_true(jnum(j, "ppl") > jnum(j, "ppl_base"));
+	json_decref(j);
+	free(out);
+	/* sensitivity of one tensor: 2 bits hurt more than 8 */
+	snprintf(cmd, sizeof(cmd),
+		 "%s sensitivity -m %s -f %s --include '^blk\\.0\\.attn_v' --candidates q8_0,int2g128 "
+		 "--chunks 1 --no-cache --json", bin, model, tu_shared("data/wikitext-2-test.txt"));
+	assert_int_equal(run(cmd, &out), 0);
+	j = json_loads(out, 0, &je);
+	assert_non_null(j);
+	json_t *ts = json_object_get(j, "tensors");
+	assert_int_equal(json_array_size(ts), 1);
+	json_t *res = json_object_get(json_array_get(ts, 0), "results");
+	assert_int_equal(json_array_size(res), 2);
+	assert_true(jnum(json_array_get(res, 1), "kld") > 10 * jnum(json_array_get(res, 0), "kld"));
+	assert_true(jnum(j, "base_ppl") > 1);
+	json_decref(j);
+	free(out);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -306,6 +376,7 @@ int main(void)
 		cmocka_unit_test(test_logits_hf),
 		cmocka_unit_test(test_generate_greedy),
 		cmocka_unit_test(test_quant_cli),
+		cmocka_unit_test(test_policy_cli),
 		cmocka_unit_test(test_quant_methods),
 		cmocka_unit_test(test_ppl_gguf),
 		cmocka_unit_test(test_ppl_hf),

@@ -85,7 +85,8 @@ static int ppl_plan(int argc, char **argv)
 					    "--format", "--spec", "--act-order", "--static-groups",
 					    "--mse", "--damp", "--alpha", "--outliers", "--act-bits",
 					    "--act-per", "--include", "--exclude", "--kld", "--calib",
-					    "--dry-run", NULL };
+					    "--dry-run", "--policy", "--recipe", "--set", "--sens",
+					    "--save-recipe", NULL };
 	int plan = 0, chunks = 0;
 	for (int i = 1; i < argc; i++) {
 		for (int k = 0; plan_flags[k]; k++)
@@ -596,7 +597,8 @@ out:
 
 static const cmd cmds[] = {
 	{ "ppl", cmd_ppl, "ppl -m MODEL -f TEXT [-c 512] [--chunks N] [-t N] [--json]\n"
-	  "       [plan flags of quant: --method M --bits B --group G ... --kld [--calib CALIB]]",
+	  "       [plan flags of quant: --method M --bits B --group G ... | --policy FILE.lua\n"
+	  "        [--set K=V] | --recipe FILE; --kld [--calib CALIB]]",
 	  "Perplexity with llama.cpp's protocol: the text tokenized once with BOS, chunks of\n"
 	  "c tokens each starting with BOS, the second half of each chunk scored. With plan\n"
 	  "flags the model is quantized first (as qscope quant, -f being the evaluation text\n"
@@ -615,9 +617,11 @@ static const cmd cmds[] = {
 	{ "quant", cmd_quant,
 	  "quant -m MODEL [-f CALIB] --method M --bits B [--group G] [--sym|--asym] [--act-order]\n"
 	  "       [--alpha A] [--format F] [--act-bits B] [--act-per token|tensor] [--include RE]\n"
-	  "       [--exclude RE] [--eval TEXT] [--chunks N] [--kld] [--json] [--dry-run]",
-	  "Quantize every matched tensor with one spec, then report size (bytes, bits per weight)\n"
-	  "and quality (perplexity against the unquantized model, KL divergence).",
+	  "       [--exclude RE] [--eval TEXT] [--chunks N] [--kld] [--json] [--dry-run]\n"
+	  "       | --policy FILE.lua [--set K=V ...] [--sens FILE] | --recipe FILE  [--save-recipe FILE]",
+	  "Quantize every matched tensor with one spec, or each tensor with the spec a Lua policy\n"
+	  "chooses (docs/LUA.md), then report size (bytes, bits per weight) and quality\n"
+	  "(perplexity against the unquantized model, KL divergence).",
 	  quant_opts_table },
 	{ "sensitivity", cmd_sens,
 	  "sensitivity -m MODEL [-f EVAL] [--chunks 8] [--candidates int4g128,int3g128,q8_0]\n"
