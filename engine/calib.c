@@ -25,6 +25,7 @@
 #include "calib.h"
 
 #include <cblas.h>
+#include <errno.h>
 #include <float.h>
 #include <math.h>
 #include <omp.h>
@@ -32,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../kernels/types.h"
 
@@ -755,9 +757,50 @@ struct calib_stream {
 	const model *m;
 	fwd_ctx *f;
 	int n_seq, seq_len, batch, dim, next, n_batches;
-	float *hidden; /* (n_seq * seq_len, dim) */
+	float *hidden; /* (n_seq * seq_len, dim), or NULL when in the file */
+	int fd;        /* the residual stream in an unlinked temporary file, or -1 */
 	int broken;
 };
+
+static int stream_tmpfile(void)
+{
+	const char *d = getenv("TMPDIR");
+	char path[1024];
+	snprintf(path, sizeof(path), "%s/qscope-calib-XXXXXX", d && *d ? d : "/tmp");
+	int fd = mkstemp(path);
+	if (fd >= 0)
+		unlink(path);
+	return fd;
+}
+
+/* rows [r0, r0 + n) of the residual stream to or from buf */
+static int stream_io(calib_stream *s, int write, size_t r0, size_t n, float *buf, qs_error *err)
+{
+	const size_t row = sizeof(float) * (size_t)s->dim;
+	if (s->fd < 0) {
+		float *h = s->hidden + r0 * s->dim;
+		if (write)
+			memcpy(h, buf, row * n);
+		else
+			memcpy(buf, h, row * n);
+		return 0;
+	}
+	char *p = (char *)buf;
+	size_t left = row * n;
+	off_t off = (off_t)(r0 * row);
+	while (left) {
+		ssize_t k = write ? pwrite(s->fd, p, left, off) : pread(s->fd, p, left, off);
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k <= 0)
+			return qs_err(err, QS_EIO, "calib: temporary file for the residual stream: %s",
+				      k < 0 ? strerror(errno) : "short read");
+		p += k;
+		off += k;
+		left -= (size_t)k;
+	}
+	return 0;
+}
 
 calib_stream *calib_stream_new(const model *m, const int *tokens, int n_seq, int seq_len,
 			       int batch, qs_error *err)
@@ -782,14 +825,17 @@ calib_stream *calib_stream_new(const model *m, const int *tokens, int n_seq, int
 		qs_err(err, QS_ENOMEM, "calib: out of memory");
 		return NULL;
 	}
+	s->fd = -1;
 	s->m = m;
 	s->n_seq = n_seq;
 	s->seq_len = seq_len;
 	s->batch = batch;
 	s->dim = c->dim;
 	s->n_batches = (n_seq + batch - 1) / batch;
-	s->hidden = malloc(sizeof(float) * n);
-	if (!s->hidden) {
+	const char *mx = getenv("QSCOPE_CALIB_STREAM_MEM");
+	size_t mem_max = mx && *mx ? (size_t)strtoull(mx, NULL, 10) : CALIB_STREAM_MEM_MAX;
+	s->fd = sizeof(float) * n > mem_max ? stream_tmpfile() : -1;
+	if (s->fd < 0 && !(s->hidden = malloc(sizeof(float) * n))) {
 		qs_err(err, QS_ENOMEM, "calib: out of memory for the residual stream (%zu MB)",
 		       sizeof(float) * n >> 20);
 		goto fail;
@@ -798,10 +844,9 @@ calib_stream *calib_stream_new(const model *m, const int *tokens, int n_seq, int
 		goto fail;
 	for (int s0 = 0; s0 < n_seq; s0 += batch) {
 		int nb = n_seq - s0 < batch ? n_seq - s0 : batch;
-		if (fwd_embed(s->f, tokens + (size_t)s0 * seq_len, nb, seq_len, err))
+		if (fwd_embed(s->f, tokens + (size_t)s0 * seq_len, nb, seq_len, err) ||
+		    stream_io(s, 1, (size_t)s0 * seq_len, (size_t)nb * seq_len, fwd_hidden(s->f), err))
 			goto fail;
-		memcpy(s->hidden + (size_t)s0 * seq_len * s->dim, fwd_hidden(s->f),
-		       sizeof(float) * (size_t)nb * seq_len * s->dim);
 	}
 	return s;
 fail:
@@ -815,30 +860,42 @@ void calib_stream_free(calib_stream *s)
 		return;
 	fwd_free(s->f);
 	free(s->hidden);
+	if (s->fd >= 0)
+		close(s->fd);
 	free(s);
 }
 
 int calib_stream_next(const calib_stream *s) { return s->next; }
 int calib_stream_batches(const calib_stream *s) { return s->n_batches; }
-float *calib_stream_hidden(calib_stream *s) { return s->hidden; }
 fwd_ctx *calib_stream_fwd(calib_stream *s) { return s->f; }
+
+int calib_stream_read(calib_stream *s, size_t row0, size_t n_rows, float *dst, qs_error *err)
+{
+	size_t rows = (size_t)s->n_seq * s->seq_len;
+	if (row0 > rows || n_rows > rows - row0)
+		return qs_err(err, QS_EUSAGE, "calib: rows [%zu, +%zu) outside the stream (%zu)", row0,
+			      n_rows, rows);
+	return stream_io(s, 0, row0, n_rows, dst, err);
+}
+
+int calib_stream_in_file(const calib_stream *s) { return s->fd >= 0; }
 
 static int stream_pass(calib_stream *s, int layer, int commit, fwd_capture_fn cap, void *user,
 		       qs_progress_fn progress, void *puser, qs_error *err)
 {
-	const size_t per = (size_t)s->seq_len * s->dim;
+	const size_t T = (size_t)s->seq_len;
 	int rc = 0;
 	fwd_set_capture(s->f, cap, user);
 	for (int b = 0, s0 = 0; s0 < s->n_seq; b++, s0 += s->batch) {
 		int nb = s->n_seq - s0 < s->batch ? s->n_seq - s0 : s->batch;
-		float *h = s->hidden + (size_t)s0 * per;
-		memcpy(fwd_hidden(s->f), h, sizeof(float) * nb * per);
+		if ((rc = stream_io(s, 0, (size_t)s0 * T, (size_t)nb * T, fwd_hidden(s->f), err)))
+			break;
 		rc = layer >= 0 ? fwd_layers(s->f, nb, s->seq_len, layer, layer + 1, err)
 				: fwd_head(s->f, nb, s->seq_len, 0, NULL, err);
 		if (rc)
 			break;
-		if (commit)
-			memcpy(h, fwd_hidden(s->f), sizeof(float) * nb * per);
+		if (commit && (rc = stream_io(s, 1, (size_t)s0 * T, (size_t)nb * T, fwd_hidden(s->f), err)))
+			break;
 		if (progress && progress(puser, b + 1, s->n_batches)) {
 			rc = qs_err(err, QS_ECANCEL, "calib: cancelled");
 			break;

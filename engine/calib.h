@@ -166,9 +166,14 @@ int calib_site_cols(const model_config *c, int site);
 
 typedef struct calib_stream calib_stream;
 
-/* Embed tokens (n_seq, seq_len) into a residual buffer (n_seq * seq_len,
+/* Embed tokens (n_seq, seq_len) into the residual stream (n_seq * seq_len,
  * dim) and make a forward context for batches of `batch` sequences. The
- * model must outlive the stream; tokens are copied. */
+ * model must outlive the stream; tokens are copied. A stream larger than
+ * CALIB_STREAM_MEM_MAX bytes lives in an unlinked temporary file ($TMPDIR,
+ * else /tmp) read and written one batch at a time, so memory holds one
+ * batch of it (the design rule: memory scales with a layer, not with the
+ * calibration set); if no temporary file can be made it is kept in memory. */
+#define CALIB_STREAM_MEM_MAX ((size_t)16 << 20)
 calib_stream *calib_stream_new(const model *m, const int *tokens, int n_seq, int seq_len,
 			       int batch, qs_error *err);
 void calib_stream_free(calib_stream *s);
@@ -177,9 +182,12 @@ void calib_stream_free(calib_stream *s);
  * the head is left). */
 int calib_stream_next(const calib_stream *s);
 int calib_stream_batches(const calib_stream *s);
-/* The residual stream entering layer calib_stream_next: (n_seq * seq_len,
- * dim), row-major, sequence by sequence; the caller may read or replace it. */
-float *calib_stream_hidden(calib_stream *s);
+/* Copy rows [row0, row0 + n_rows) of the residual stream entering layer
+ * calib_stream_next (rows = tokens, sequence by sequence) into dst. */
+int calib_stream_read(calib_stream *s, size_t row0, size_t n_rows, float *dst, qs_error *err);
+/* Is the residual stream in a temporary file? ($QSCOPE_CALIB_STREAM_MEM,
+ * in bytes, overrides CALIB_STREAM_MEM_MAX: 0 always uses a file.) */
+int calib_stream_in_file(const calib_stream *s);
 /* The forward context the stream runs on (borrowed). */
 fwd_ctx *calib_stream_fwd(calib_stream *s);
 

@@ -31,6 +31,7 @@ struct fwd_ctx {
 	float *h;               /* (N, hidden) silu(gate) * up */
 	float *kc, *vc;         /* (n_layers, max_seqs, max_len, kvd) */
 	float *w;               /* dequantized weight scratch */
+	size_t w_cap;           /* its floats */
 	float *scores;          /* (n_threads, QBLOCK, max_len) */
 	int n_score_threads;
 	float *dec;             /* decode scratch */
@@ -117,8 +118,10 @@ fwd_ctx *fwd_new_flags(const model *m, int max_seqs, int max_len, int flags, qs_
 	f->kvd = c->n_kv_heads * hd;
 	f->qkv_w = f->qd + 2 * f->kvd;
 	size_t N = (size_t)max_seqs * (size_t)max_len;
+	/* layer matrices only: the output head's (vocab x dim) is made on the
+	 * first fwd_head that asks for logits (calibration never does) */
 	size_t wmax = (size_t)f->qkv_w * D;
-	size_t cand[] = { (size_t)2 * H * D, (size_t)D * H, (size_t)D * f->qd, (size_t)c->vocab * D };
+	size_t cand[] = { (size_t)2 * H * D, (size_t)D * H, (size_t)D * f->qd };
 	for (size_t i = 0; i < sizeof(cand) / sizeof(cand[0]); i++)
 		wmax = cand[i] > wmax ? cand[i] : wmax;
 	int bad = 0;
@@ -137,6 +140,7 @@ fwd_ctx *fwd_new_flags(const model *m, int max_seqs, int max_len, int flags, qs_
 	f->kc = xalloc(sizeof(float) * f->kv_layers * N * f->kvd, &bad);
 	f->vc = xalloc(sizeof(float) * f->kv_layers * N * f->kvd, &bad);
 	f->w = xalloc(sizeof(float) * wmax, &bad);
+	f->w_cap = wmax;
 	f->scores = xalloc(sizeof(float) * f->n_score_threads * QBLOCK * max_len, &bad);
 	f->dec = xalloc(sizeof(float) * (size_t)(8 * D + 2 * f->qkv_w + 3 * H + c->vocab +
 						 c->n_heads * (size_t)max_len), &bad);
@@ -425,6 +429,14 @@ int fwd_head(fwd_ctx *f, int n_seq, int n_tok, int logits_from, float *logits, q
 	if ((rc = capture(f, -1, FWD_SITE_OUTPUT, f->xn, (int)R, D, err)))
 		return rc;
 	if (logits) {
+		size_t need = (size_t)V * D;
+		if (need > f->w_cap) {
+			float *w = realloc(f->w, sizeof(float) * need);
+			if (!w)
+				return qs_err(err, QS_ENOMEM, "forward: out of memory for the output head");
+			f->w = w;
+			f->w_cap = need;
+		}
 		to_f32(f->m->output, f->w);
 		gemm((int)R, V, D, f->xn, f->w, logits);
 	}

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../kernels/qmatrix.h"
 #include "../kernels/types.h"
@@ -367,4 +368,23 @@ float *model_tensor_f32(const model_tensor *t)
 	for (size_t r = 0; r < rows; r++)
 		tr->to_float((const char *)t->data + r * rs, w + r * cols, cols);
 	return w;
+}
+
+void model_drop_pages(const model *m, const model_tensor *t)
+{
+	while (m->base) /* a derived model's data is its base's */
+		m = m->base;
+	const char *d = t->data;
+	const model_priv *p = m->priv;
+	for (int i = 0; d && i < p->n_maps; i++) {
+		const char *b = p->maps[i].data;
+		if (d < b || d + t->nbytes > b + p->maps[i].size)
+			continue;
+		/* only whole pages inside the tensor: neighbours stay resident */
+		const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+		uintptr_t lo = ((uintptr_t)d + pg - 1) & ~(pg - 1), hi = ((uintptr_t)d + t->nbytes) & ~(pg - 1);
+		if (hi > lo)
+			madvise((void *)lo, hi - lo, MADV_DONTNEED);
+		return;
+	}
 }

@@ -114,6 +114,11 @@ size_t model_tensor_bytes(const model_tensor *t);
 /* A malloc'd f32 copy (rows, cols) of a tensor's current weights (its
  * quantized replacement dequantized, if any); NULL when out of memory. */
 float *model_tensor_f32(const model_tensor *t);
+/* Let the kernel drop the resident pages of a tensor whose data is mapped
+ * from the model file (they are read again from the file if touched); no-op
+ * for data in memory. Quantizers call it on layers they are done with, so
+ * memory holds the layers being worked on, not the whole source model. */
+void model_drop_pages(const model *m, const model_tensor *t);
 const model_tensor *model_find(const model *m, const char *name);
 size_t model_n_params(const model *m);
 

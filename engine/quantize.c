@@ -671,6 +671,10 @@ static int do_layer(qctx *c, int l)
 	for (int i = 0; i < N_MATS; i++) {
 		free(c->W[i]);
 		c->W[i] = NULL;
+		/* the calibration has moved past this layer: its source weights
+		 * need not stay resident (memory scales with a layer, not the model) */
+		if (!rc && c->st)
+			model_drop_pages(c->base, &c->base->tensors[c->mt[i] - c->m->tensors]);
 	}
 	return rc;
 }

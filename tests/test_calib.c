@@ -523,9 +523,13 @@ static int cancel_after(void *user, long done, long total)
 	return ++*n >= 3;
 }
 
+/* Everything here runs with the residual stream in a temporary file (the
+ * default for large streams), checked against one plain prefill; the end
+ * compares it with the in-memory stream bit for bit. */
 static void test_stream_vs_prefill(void **state)
 {
 	(void)state;
+	setenv("QSCOPE_CALIB_STREAM_MEM", "0", 1);
 	model *m = open_debdoc();
 	size_t len;
 	char *text = calib_text(&len);
@@ -612,13 +616,16 @@ static void test_stream_vs_prefill(void **state)
 	/* the stream by hand: a pass without commit leaves the residual alone */
 	calib_stream *s = calib_stream_new(m, tok, NS, SL, 3, &err);
 	assert_non_null(s);
+	assert_true(calib_stream_in_file(s));
 	size_t hn = (size_t)NS * SL * 384;
-	float *h0 = malloc(sizeof(float) * hn);
-	memcpy(h0, calib_stream_hidden(s), sizeof(float) * hn);
+	float *h0 = malloc(sizeof(float) * hn), *h1 = malloc(sizeof(float) * hn);
+	assert_int_equal(calib_stream_read(s, 0, (size_t)NS * SL, h0, &err), 0);
+	assert_int_equal(calib_stream_read(s, 1, (size_t)NS * SL, h1, &err), QS_EUSAGE);
 	assert_int_equal(calib_stream_head(s, NULL, NULL, NULL, NULL, &err), QS_EUSAGE);
 	assert_int_equal(calib_stream_layer(s, 0, NULL, NULL, NULL, NULL, &err), 0);
 	assert_int_equal(calib_stream_next(s), 0);
-	assert_memory_equal(h0, calib_stream_hidden(s), sizeof(float) * hn);
+	assert_int_equal(calib_stream_read(s, 0, (size_t)NS * SL, h1, &err), 0);
+	assert_memory_equal(h0, h1, sizeof(float) * hn);
 	for (int l = 0; l < m->cfg.n_layers; l++)
 		assert_int_equal(calib_stream_layer(s, 1, NULL, NULL, NULL, NULL, &err), 0);
 	assert_int_equal(calib_stream_layer(s, 1, NULL, NULL, NULL, NULL, &err), QS_EUSAGE);
@@ -635,8 +642,21 @@ static void test_stream_vs_prefill(void **state)
 	print_message("head input: streamed vs one-shot rel L2 %.3g\n", sqrt(num / den));
 	assert_true(sqrt(num / den) < 1e-5);
 	calib_stream_free(s);
+	/* the same stream in memory: bit for bit the file's */
+	setenv("QSCOPE_CALIB_STREAM_MEM", "1000000000", 1);
+	s = calib_stream_new(m, tok, NS, SL, 3, &err);
+	assert_non_null(s);
+	assert_false(calib_stream_in_file(s));
+	for (int l = 0; l < m->cfg.n_layers; l++)
+		assert_int_equal(calib_stream_layer(s, 1, NULL, NULL, NULL, NULL, &err), 0);
+	app a2 = { h1, 0 };
+	assert_int_equal(calib_stream_head(s, append_cap, &a2, NULL, NULL, &err), 0);
+	assert_memory_equal(h1, outin, sizeof(float) * hn);
+	calib_stream_free(s);
+	unsetenv("QSCOPE_CALIB_STREAM_MEM");
 	free(outin);
 	free(h0);
+	free(h1);
 	free(g.qkv0);
 	free(g.down5);
 	free(g.out);

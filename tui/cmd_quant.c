@@ -17,7 +17,7 @@ static common co;
 static const char *q_method = "rtn", *q_format, *q_spec, *q_include, *q_exclude, *q_eval;
 static const char *q_act_per = "token";
 static int q_bits = 4, q_group = 128, q_sym, q_asym, q_act_order, q_static, q_mse, q_act_bits;
-static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos, q_noeval, q_lerr, q_awq_rows = 65536;
+static int q_chunks = 100, q_kld, q_dry, q_samples = 128, q_seq = 512, q_seed, q_ctx = 512, q_bos, q_noeval, q_lerr, q_awq_rows = 65536, q_batch = 8;
 static float q_alpha = -1, q_damp = 0.01f, q_outliers;
 static const char *q_policy, *q_recipe, *q_save_recipe, *q_sens;
 static cli_list q_set;
@@ -57,6 +57,7 @@ static const opt o_quant[] = {
 	{ NULL, "--calib-raw", OPT_FLAG, &q_bos, NULL, "calibration windows as they are in the text (default: first token replaced by BOS)" },
 	{ NULL, "--seed", OPT_INT, &q_seed, "S", "calibration sampling seed (default 0)" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
+	{ "-b", "--batch", OPT_INT, &q_batch, "N", "calibration sequences per forward batch (default 8; 1 needs the least memory at the same speed, docs/BENCH.md)" },
 	{ NULL, "--awq-rows", OPT_INT, &q_awq_rows, "N", "calibration rows of each input AWQ searches on (default 65536: all of 128 x 512)" },
 	{ NULL, "--layer-errors", OPT_FLAG, &q_lerr, NULL, "per tensor ||WX - QX|| / ||WX|| on the calibration inputs" },
 	{ NULL, "--no-eval", OPT_FLAG, &q_noeval, NULL, "quantize and report size and time only" },
@@ -320,7 +321,8 @@ int cmd_quant(int argc, char **argv)
 		dry_run(m, &plan);
 		goto out;
 	}
-	quant_opts qo = { .progress = co.json ? NULL : print_progress, .awq_rows = q_awq_rows };
+	quant_opts qo = { .progress = co.json ? NULL : print_progress, .awq_rows = q_awq_rows,
+			  .batch = q_batch };
 	if (quant_plan_needs_calib(&plan) || q_lerr) {
 		const char *cf = co.file ? co.file : cli_default_calib();
 		size_t len;

@@ -18,9 +18,11 @@
 --
 -- Adding up one-tensor costs assumes the errors of different tensors do not
 -- interact. That is an approximation; check the result with --kld. Measured
--- on debdoc-19m: int3g128, int4g128 and q8_0 fitted to 4.25 bits per weight
--- (the size of uniform int4g128) gave a KL divergence of 0.1736 on WikiText-2
--- (first 100 chunks; the scan used debdoc-val.txt), uniform int4g128 0.1849.
+-- on debdoc-19m (WikiText-2, first 100 chunks; the scan used debdoc-val.txt):
+-- the default GPTQ candidates fitted to 4.5 bits per weight give perplexity
+-- 132.19 (KLD 0.0995), uniform int4 g32 (also 4.5 bpw) 139.18 with RTN and
+-- 139.44 with GPTQ; int3g128, int4g128 and q8_0 fitted to 4.25 bpw (the size
+-- of uniform int4g128) gave KLD 0.1736, uniform int4g128 0.1849.
 --
 --   qscope quant --policy lua/policies/budget.lua --dry-run          # scans first (cached)
 --   qscope quant --policy lua/policies/budget.lua --set bpw=3.8 --kld
@@ -30,8 +32,10 @@
 --
 -- Without --sens, qs.fit asks qscope to scan the candidates it has no
 -- measurement for, and caches the result (in $QSCOPE_CACHE): the default GPTQ
--- candidates over all 56 block linears of debdoc-19m took 8.5 minutes on 2
--- busy cores. With --sens FILE, only the tensors in that file are fitted;
+-- candidates over all 56 block linears of debdoc-19m took 5.5 minutes on 2
+-- cores shared with other work (the 3 RTN candidates of `qscope sensitivity`
+-- take about a minute, docs/BENCH.md). With --sens FILE, only the tensors in
+-- that file are fitted;
 -- the others are kept as stored.
 --
 -- Parameters:
