@@ -630,6 +630,12 @@ static const cmd cmds[] = {
 	  "change and KL divergence on a quick evaluation set (only the layers after the tensor\n"
 	  "are recomputed). Cached; Lua policies see the results as t.sens.",
 	  sens_opts_table },
+	{ "tui", cmd_tui, "tui [-m MODEL] [--sens FILE] [--recipe FILE]   (also: qscope with no command)",
+	  "The workbench: the layer table (shape, spec, bits per weight, weight kurtosis,\n"
+	  "measured sensitivity), plan editing on a selection with undo, the plan's exact size.\n"
+	  "Keys: ? in the workbench. Headless for scripts and tests: QSCOPE_HEADLESS=80x24\n"
+	  "with --keys SCRIPT prints the final screen.",
+	  tui_opts_table },
 	{ "bench", cmd_bench, "bench [-m MODEL] [-f TEXT] [--chunks N] [-o docs/BENCH.md]",
 	  "Measure perplexity throughput and decode speed against this machine's sgemm peak and\n"
 	  "copy bandwidth, measured in the same run; writes a markdown table.",
@@ -663,6 +669,11 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
 	if (argc < 2) {
+		/* no command: the workbench on the default model, on a terminal */
+		if (isatty(0) && isatty(1)) {
+			char *av[] = { "tui", NULL };
+			return cmd_tui(1, av);
+		}
 		usage(stderr);
 		return EXIT_USAGE;
 	}

@@ -1,0 +1,318 @@
+/* test_tui.c - the workbench driven headless (QSCOPE_HEADLESS=WxH with a key
+ * script, the screen printed as text) and once in a real terminal through
+ * tmux. The expected sizes come from the formats' definitions, not from
+ * the program's output. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../engine/model.h"
+#include "../kernels/fp16.h"
+#include "../kernels/types.h"
+#include "testutil.h"
+
+static const char *bin;
+static model *m;
+
+static int setup(void **state)
+{
+	(void)state;
+	bin = getenv("QSCOPE_BIN");
+	if (!bin)
+		bin = "build/qscope";
+	qs_error err = { 0 };
+	return model_open(tu_shared("models/debdoc-19m-f16.gguf"), NULL, &m, &err);
+}
+
+static int teardown(void **state)
+{
+	(void)state;
+	model_free(m);
+	return 0;
+}
+
+/* the screen after a key script; NULL if the program failed */
+static char *screen_opts(const char *size, const char *keys, const char *opts, int *rc)
+{
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd), "QSCOPE_HEADLESS=%s %s tui -m %s %s --keys '%s'", size, bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"), opts, keys);
+	int r = tu_run(cmd, tu_tmppath("tui.err"), &out);
+	if (rc)
+		*rc = r;
+	return out;
+}
+
+static char *screen(const char *size, const char *keys, int *rc)
+{
+	return screen_opts(size, keys, "--no-eval", rc);
+}
+
+/* the line of the screen that mentions name (a copy), or NULL */
+static char *line_of(const char *scr, const char *name)
+{
+	const char *p = strstr(scr, name);
+	if (!p)
+		return NULL;
+	const char *b = p, *e = strchr(p, '\n');
+	while (b > scr && b[-1] != '\n')
+		b--;
+	return strndup(b, e ? (size_t)(e - b) : strlen(b));
+}
+
+static void test_table(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen("80x24", "", &rc);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(scr, "58 tensors"));
+	char *l = line_of(scr, "blk.0.attn_k.weight");
+	assert_non_null(l);
+	assert_non_null(strstr(l, "128x384"));
+	assert_non_null(strstr(l, "49152"));
+	assert_non_null(strstr(l, "(stored)"));
+	assert_non_null(strstr(l, "16.000"));
+	free(l);
+	/* nothing quantized: the footer shows the model as stored */
+	char want[128];
+	snprintf(want, sizeof(want), "model %.3f MB", (double)model_bytes(m) / 1e6);
+	assert_non_null(strstr(scr, "plan: 0 quantized"));
+	assert_non_null(strstr(scr, want));
+	/* 24 rows: title, header, 20 table rows, footer, status */
+	int lines = 0;
+	for (const char *p = scr; *p; p++)
+		lines += *p == '\n';
+	assert_int_equal(lines, 24);
+	free(scr);
+}
+
+/* GPTQ int3 g128 on every ffn_down: filter, select all shown, method, bits */
+static void test_edit_ffn_down(void **s)
+{
+	(void)s;
+	int rc;
+	/* m: (stored) -> rtn int4g128 -> gptq; b x5: 5, 6, 8, 2, 3 */
+	char *scr = screen("100x30", "/ffn_down<Enter>Ambbbbb", &rc);
+	assert_int_equal(rc, 0);
+	int n = 0;
+	for (const char *p = scr; (p = strstr(p, "ffn_down.weight")); p++) {
+		char *l = line_of(p, "ffn_down.weight");
+		assert_non_null(strstr(l, "gptq:int3g128"));
+		assert_non_null(strstr(l, "3.250")); /* 3 + 16/128 (scale) + 16/128 (zero) */
+		free(l);
+		n++;
+	}
+	assert_int_equal(n, m->cfg.n_layers);
+	assert_non_null(strstr(scr, "filter: ffn_down"));
+	assert_non_null(strstr(scr, "plan: 8 quantized (3.250 bpw)"));
+	/* the model's bytes: each 384 x 1024 ffn_down from FP16 to codes (3 bits)
+	 * + an FP16 scale and zero per group of 128 */
+	size_t q = 384 * 1024 * 3 / 8 + 384 * (1024 / 128) * 2 * 2;
+	size_t total = model_bytes(m) - (size_t)m->cfg.n_layers * (384 * 1024 * 2 - q);
+	char want[64];
+	snprintf(want, sizeof(want), "model %.3f MB", (double)total / 1e6);
+	assert_non_null(strstr(scr, want));
+	free(scr);
+	/* undo one step: bits back to 2; redo: 3 again */
+	scr = screen("100x30", "/ffn_down<Enter>Ambbbbbu", &rc);
+	assert_non_null(strstr(scr, "gptq:int2g128"));
+	assert_null(strstr(scr, "gptq:int3g128"));
+	free(scr);
+	scr = screen("100x30", "/ffn_down<Enter>Ambbbbbu<C-r>", &rc);
+	assert_non_null(strstr(scr, "gptq:int3g128"));
+	free(scr);
+}
+
+/* the group cycle skips groups that do not divide the row: a 384-column
+ * row takes 32, 64, 128 but not 256 (the first g makes a stored tensor
+ * int4g128 and moves on from 128) */
+static void test_group_cycle(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen("100x30", "jg", &rc); /* blk.0.attn_k: 128 -> (256 skipped) per channel */
+	char *l = line_of(scr, "blk.0.attn_k.weight");
+	assert_non_null(strstr(l, "int4c"));
+	free(l);
+	free(scr);
+	scr = screen("100x30", "jgggg", &rc); /* -> 32 -> 64 -> 128 */
+	l = line_of(scr, "blk.0.attn_k.weight");
+	assert_non_null(strstr(l, "int4g128"));
+	free(l);
+	free(scr);
+	/* ffn_down's 1024 columns do take 256 */
+	scr = screen("100x30", "jjjjjjg", &rc);
+	l = line_of(scr, "blk.0.ffn_down.weight");
+	assert_non_null(strstr(l, "int4g256"));
+	free(l);
+	free(scr);
+}
+
+static void test_help_sort_small(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen("100x30", "?", &rc);
+	assert_non_null(strstr(scr, "cycle the bits"));
+	assert_non_null(strstr(scr, "undo / redo"));
+	free(scr);
+	/* any key leaves the help */
+	scr = screen("100x30", "?j", &rc);
+	assert_non_null(strstr(scr, "blk.0.attn_q.weight"));
+	free(scr);
+	/* sort by params: the 8192 x 384 tables first, token_embd (model order) before output */
+	scr = screen("100x30", "o<Home>", &rc); /* the cursor follows its row: go to the top */
+	assert_non_null(strstr(scr, "sort: params"));
+	const char *a = strstr(scr, "token_embd.weight"), *b = strstr(scr, "output.weight"),
+		   *c = strstr(scr, "ffn_gate.weight");
+	assert_true(a && b && c && a < b && b < c);
+	free(scr);
+	scr = screen("40x8", "", &rc);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(scr, "terminal too small: 40x8"));
+	free(scr);
+	/* a bad key name is a usage error */
+	scr = screen("80x24", "<Nope>", &rc);
+	assert_int_equal(rc, 1);
+	free(scr);
+	/* the specs the quantizer cannot apply are refused, with the reason */
+	scr = screen("100x30", "<End>m", &rc); /* output.weight: rtn int4g128 -> gptq: fine */
+	assert_non_null(strstr(scr, "method: 1 tensor"));
+	free(scr);
+	scr = screen("100x30", "<End>mm", &rc); /* -> awq: refused on the output head */
+	assert_non_null(strstr(scr, "0 changed, 1 kept"));
+	free(scr);
+}
+
+/* The detail pane: the weights' absmax is the largest |w| of the tensor's
+ * FP16 data (computed here), and after `c` the input channels are listed
+ * largest first, the first one being the input's absmax. */
+static void test_detail(void **s)
+{
+	(void)s;
+	const model_tensor *t = model_find(m, "blk.3.ffn_down.weight");
+	assert_int_equal(t->type, KN_TYPE_F16);
+	double amax = 0;
+	for (size_t i = 0; i < (size_t)(t->ne[0] * t->ne[1]); i++)
+		amax = fmax(amax, fabs(kn_fp16_to_fp32_ref(((const kn_fp16 *)t->data)[i])));
+	char want[64];
+	snprintf(want, sizeof(want), "weights  absmax %.4g ", amax);
+	int rc;
+	setenv("QSCOPE_CACHE", tu_tmppath("cache"), 1);
+	char *scr = screen_opts("100x40", "/blk.3.ffn_down<Enter><Enter>", "--no-eval", &rc);
+	assert_int_equal(rc, 0);
+	if (!strstr(scr, want))
+		fail_msg("no '%s' in:\n%s", want, scr);
+	assert_non_null(strstr(scr, "press c to calibrate"));
+	free(scr);
+	scr = screen_opts("100x40", "c/blk.3.ffn_down<Enter><Enter>", "--no-eval --stats-samples 4", &rc);
+	assert_int_equal(rc, 0);
+	const char *in = strstr(scr, "inputs   absmax ");
+	assert_non_null(in);
+	double iamax = strtod(in + 16, NULL);
+	const char *ch = strstr(in, "  ch ");
+	assert_non_null(ch);
+	int chn;
+	double chmax;
+	assert_int_equal(sscanf(ch, "  ch %d %lf", &chn, &chmax), 2);
+	assert_true(chn >= 0 && chn < 1024);
+	assert_true(fabs(chmax - iamax) <= 1e-3 * iamax + 1e-3);
+	int bars = 0;
+	for (const char *p = ch; (p = strstr(p, "  ch ")); p++)
+		bars++;
+	assert_true(bars >= 10);
+	free(scr);
+	unsetenv("QSCOPE_CACHE");
+}
+
+/* The live evaluation after an edit equals `qscope quant` on the same plan
+ * and chunks (eval_compare from scratch, not the workbench's cache). */
+static void test_live_eval(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen_opts("100x30", "/ffn_down<Enter>Af", "--chunks 4", &rc);
+	assert_int_equal(rc, 0);
+	const char *e = strstr(scr, "eval 4 chunks: FP ");
+	assert_non_null(e);
+	double fp, now, kld;
+	assert_int_equal(sscanf(e, "eval 4 chunks: FP %lf now %lf (%*f) KLD %lf", &fp, &now, &kld), 3);
+	free(scr);
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --spec q4_0 --include ffn_down --chunks 4 --kld --json",
+		 bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
+	double qfp, qnow, qkld;
+	const char *p;
+	assert_non_null(p = strstr(out, "\"ppl_base\": "));
+	qfp = strtod(p + 12, NULL);
+	assert_non_null(p = strstr(out, "\"ppl\": "));
+	qnow = strtod(p + 7, NULL);
+	assert_non_null(p = strstr(out, "\"kld_mean\": "));
+	qkld = strtod(p + 12, NULL);
+	print_message("workbench: FP %.2f now %.2f KLD %.4f; quant: %.4f %.4f %.5f\n", fp, now, kld,
+		      qfp, qnow, qkld);
+	assert_true(fabs(fp - qfp) < 0.006 && fabs(now - qnow) < 0.006 && fabs(kld - qkld) < 6e-5);
+	assert_true(now != fp);
+	free(out);
+}
+
+/* a real terminal: tmux runs the workbench, sends keys, reads the pane;
+ * the evaluation runs on its own thread there */
+static void test_tmux(void **s)
+{
+	(void)s;
+	if (system("command -v tmux > /dev/null 2>&1") != 0)
+		skip();
+	char cmd[2048], *out = NULL;
+	char sock[512];
+	snprintf(sock, sizeof(sock), "%s", tu_tmppath("tmux.sock"));
+	snprintf(cmd, sizeof(cmd),
+		 "tmux -S %s new-session -d -x 100 -y 30 'cd %s && %s tui --chunks 2 -m %s' && sleep 2 && "
+		 "tmux -S %s send-keys j j Space m && sleep 6 && tmux -S %s capture-pane -p",
+		 sock, getenv("PWD") ? getenv("PWD") : ".", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"), sock, sock);
+	int rc = tu_run(cmd, tu_tmppath("tmux.err"), &out);
+	assert_int_equal(rc, 0);
+	assert_non_null(out);
+	char *l = line_of(out, "blk.0.attn_v.weight");
+	assert_non_null(l);
+	assert_non_null(strstr(l, "int4g128")); /* Space moved on: the edit hit the selection */
+	free(l);
+	if (!strstr(out, "eval 2 chunks: FP "))
+		fail_msg("no evaluation on the screen:\n%s", out);
+	free(out);
+	/* q right after a change, while it is being evaluated: the session ends */
+	snprintf(cmd, sizeof(cmd),
+		 "tmux -S %s send-keys b && sleep 0.3 && tmux -S %s send-keys q && sleep 4 && "
+		 "tmux -S %s has-session 2>/dev/null", sock, sock, sock);
+	rc = tu_run(cmd, NULL, NULL);
+	if (rc == 0) { /* still there: do not leave it running */
+		snprintf(cmd, sizeof(cmd), "tmux -S %s kill-server", sock);
+		tu_run(cmd, NULL, NULL);
+	}
+	assert_int_not_equal(rc, 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_table),
+		cmocka_unit_test(test_edit_ffn_down),
+		cmocka_unit_test(test_group_cycle),
+		cmocka_unit_test(test_help_sort_small),
+		cmocka_unit_test(test_detail),
+		cmocka_unit_test(test_live_eval),
+		cmocka_unit_test(test_tmux),
+	};
+	return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,464 @@
+/* cmd_tui.c - qscope tui: the workbench in the terminal (ncurses), or
+ * headless for tests and scripts: QSCOPE_HEADLESS=WxH renders to a virtual
+ * screen, runs the key script of --keys (or $QSCOPE_KEYS) and prints the
+ * final screen as text. */
+#define _XOPEN_SOURCE_EXTENDED 1
+#include <curses.h>
+#include <locale.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../engine/calib.h"
+#include "../engine/eval.h"
+#include "commands.h"
+#include "workbench.h"
+
+static common co;
+static const char *t_sens, *t_recipe, *t_keys, *t_eval = "data/wikitext-2-test.txt";
+static int t_chunks = 8, t_noeval, t_calib_n = 16, t_stats_n = 128;
+
+static const opt o_tui[] = {
+	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
+	{ "-z", "--tokenizer", OPT_STR, &co.tokenizer, "FILE", "llama2.c tokenizer.bin" },
+	{ NULL, "--sens", OPT_STR, &t_sens, "FILE", "sensitivity results to show (qscope sensitivity -o)" },
+	{ NULL, "--recipe", OPT_STR, &t_recipe, "FILE", "start from a saved plan" },
+	{ NULL, "--keys", OPT_STR, &t_keys, "SCRIPT", "headless: keys to run, e.g. 'jj<Space>mb' (<Up> <Down> <PgUp> <PgDn> <Home> <End> <Enter> <Esc> <Space> <BS> <F1> <C-r>)" },
+	{ NULL, "--eval", OPT_STR, &t_eval, "TEXT", "quick-evaluation text (default data/wikitext-2-test.txt)" },
+	{ NULL, "--chunks", OPT_INT, &t_chunks, "N", "quick-evaluation chunks of 512 (default 8)" },
+	{ NULL, "--calib-samples", OPT_INT, &t_calib_n, "N", "calibration windows of 512 for GPTQ/AWQ plans in the quick evaluation (default 16)" },
+	{ NULL, "--stats-samples", OPT_INT, &t_stats_n, "N", "calibration windows of 512 for the detail pane's input statistics (default 128, as qscope stats: they share the cache)" },
+	{ NULL, "--no-eval", OPT_FLAG, &t_noeval, NULL, "no live evaluation" },
+	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
+	{ NULL, NULL, 0, NULL, NULL, NULL },
+};
+
+const opt *tui_opts_table(void) { return o_tui; }
+
+/* ---- the live evaluation: the quick-eval cache and calibration tokens are
+ * made on first use; one evaluation runs at a time, on its own thread in a
+ * terminal, inline when headless */
+
+typedef struct evaluator {
+	const model *m;
+	eval_cache *ec;
+	int *calib;
+	pthread_t th;
+	int running;
+	atomic_int done;
+	quant_plan plan;
+	wb_eval res;
+	int rc;
+	char err[512];
+} evaluator;
+
+static int ev_prepare(evaluator *e, qs_error *err)
+{
+	if (!e->ec) {
+		int *ids = NULL;
+		size_t n = 0;
+		if (cli_tokenize_file(e->m, t_eval, &ids, &n))
+			return qs_err(err, QS_EIO, "%s: cannot read the evaluation text", t_eval);
+		e->ec = eval_cache_new(e->m, ids, n, t_chunks, 512, err);
+		free(ids);
+		if (!e->ec)
+			return err->code ? err->code : QS_ENOMEM;
+	}
+	if (!e->calib && quant_plan_needs_calib(&e->plan)) {
+		char *text = NULL;
+		size_t len;
+		const char *cf = cli_default_calib();
+		if (cli_read_text(cf, &text, &len))
+			return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
+		calib_opts o;
+		calib_opts_default(&o);
+		o.n_samples = t_calib_n;
+		int rc = calib_sample_text(e->m, text, len, &o, &e->calib, NULL, err);
+		free(text);
+		if (rc)
+			return rc;
+	}
+	return 0;
+}
+
+static void ev_run(evaluator *e)
+{
+	qs_error err = { 0 };
+	e->rc = ev_prepare(e, &err);
+	if (!e->rc)
+		e->rc = wb_evaluate(e->m, e->ec, &e->plan, e->calib, t_calib_n, 512, &e->res, &err);
+	snprintf(e->err, sizeof(e->err), "%s", e->rc ? err.msg : "");
+}
+
+static void *ev_thread(void *arg)
+{
+	evaluator *e = arg;
+	ev_run(e);
+	atomic_store(&e->done, 1);
+	return NULL;
+}
+
+/* start an evaluation of the current plan (a terminal: on a thread) */
+static int ev_start(evaluator *e, wb *w, int threaded)
+{
+	qs_error err = { 0 };
+	quant_plan_release(&e->plan);
+	if (wb_take_plan(w, &e->plan, &err))
+		return -1;
+	wb_set_busy(w, 1);
+	if (!threaded) {
+		ev_run(e);
+		wb_set_eval(w, &e->res, e->rc ? e->err : NULL);
+		return 0;
+	}
+	atomic_store(&e->done, 0);
+	if (pthread_create(&e->th, NULL, ev_thread, e)) {
+		wb_set_eval(w, NULL, "cannot start a thread");
+		return -1;
+	}
+	e->running = 1;
+	return 0;
+}
+
+/* a finished threaded evaluation: show it */
+static int ev_poll(evaluator *e, wb *w)
+{
+	if (!e->running || !atomic_load(&e->done))
+		return 0;
+	pthread_join(e->th, NULL);
+	e->running = 0;
+	wb_set_eval(w, &e->res, e->rc ? e->err : NULL);
+	return 1;
+}
+
+/* ---- calibration for the detail pane (the defaults of `qscope stats`, so
+ * both share the disk cache) */
+
+typedef struct calibrator {
+	const model *m;
+	pthread_t th;
+	int running;
+	atomic_int done;
+	calib_set *set;
+	int rc;
+	char err[512];
+} calibrator;
+
+static void cal_run(calibrator *k)
+{
+	qs_error err = { 0 };
+	char *text = NULL, dir[1024];
+	size_t len;
+	const char *cf = cli_default_calib();
+	calib_opts o;
+	calib_opts_default(&o);
+	o.n_samples = t_stats_n;
+	if (cli_read_text(cf, &text, &len)) {
+		k->rc = QS_EIO;
+		snprintf(k->err, sizeof(k->err), "%s: cannot read the calibration text", cf);
+		return;
+	}
+	k->rc = calib_collect(k->m, text, len, &o, calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir,
+			      NULL, NULL, &k->set, NULL, &err);
+	free(text);
+	snprintf(k->err, sizeof(k->err), "%s", k->rc ? err.msg : "");
+}
+
+static void *cal_thread(void *arg)
+{
+	calibrator *k = arg;
+	cal_run(k);
+	atomic_store(&k->done, 1);
+	return NULL;
+}
+
+static void cal_start(calibrator *k, wb *w, int threaded)
+{
+	wb_set_calib_busy(w, 1, NULL);
+	if (!threaded) {
+		cal_run(k);
+		if (k->rc)
+			wb_set_calib_busy(w, 0, k->err);
+		else
+			wb_set_calib(w, k->set);
+		return;
+	}
+	atomic_store(&k->done, 0);
+	if (pthread_create(&k->th, NULL, cal_thread, k)) {
+		wb_set_calib_busy(w, 0, "cannot start a thread");
+		return;
+	}
+	k->running = 1;
+}
+
+static int cal_poll(calibrator *k, wb *w)
+{
+	if (!k->running || !atomic_load(&k->done))
+		return 0;
+	pthread_join(k->th, NULL);
+	k->running = 0;
+	if (k->rc)
+		wb_set_calib_busy(w, 0, k->err);
+	else
+		wb_set_calib(w, k->set);
+	return 1;
+}
+
+static void cal_release(calibrator *k)
+{
+	if (k->running)
+		pthread_join(k->th, NULL);
+	calib_set_free(k->set);
+}
+
+static void ev_release(evaluator *e)
+{
+	if (e->running)
+		pthread_join(e->th, NULL);
+	eval_cache_free(e->ec);
+	free(e->calib);
+	quant_plan_release(&e->plan);
+}
+
+/* the next key of a script, advancing *s; -1 at the end or on a bad name */
+static int script_key(const char **s, char *bad, size_t cap)
+{
+	static const struct { const char *name; int key; } names[] = {
+		{ "<Up>", WB_KEY_UP },     { "<Down>", WB_KEY_DOWN },   { "<PgUp>", WB_KEY_PGUP },
+		{ "<PgDn>", WB_KEY_PGDN }, { "<Home>", WB_KEY_HOME },   { "<End>", WB_KEY_END },
+		{ "<Enter>", WB_KEY_ENTER }, { "<Esc>", WB_KEY_ESC },   { "<Space>", ' ' },
+		{ "<BS>", WB_KEY_BACKSPACE }, { "<F1>", WB_KEY_F1 },    { "<C-r>", WB_KEY_CTRL_R },
+		{ "<lt>", '<' },
+	};
+	if (!**s)
+		return -1;
+	if (**s == '<') {
+		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+			size_t n = strlen(names[i].name);
+			if (!strncmp(*s, names[i].name, n)) {
+				*s += n;
+				return names[i].key;
+			}
+		}
+		snprintf(bad, cap, "%.20s", *s);
+		return -2;
+	}
+	return (unsigned char)*(*s)++;
+}
+
+static int run_headless(wb *w, evaluator *ev, calibrator *cal, const char *size, const char *keys)
+{
+	int cw = 80, ch = 24;
+	if (sscanf(size, "%dx%d", &cw, &ch) != 2 || cw < 1 || ch < 1 || cw > 1000 || ch > 1000) {
+		fprintf(stderr, "qscope tui: QSCOPE_HEADLESS '%s': expected WxH, e.g. 80x24\n", size);
+		return EXIT_USAGE;
+	}
+	tui_canvas c;
+	if (tui_canvas_init(&c, cw, ch)) {
+		fprintf(stderr, "qscope tui: out of memory\n");
+		return EXIT_INPUT;
+	}
+	wb_draw(w, &c); /* the first frame sets the page size, as on a terminal */
+	const char *s = keys ? keys : "";
+	char bad[32];
+	int k;
+	while ((k = script_key(&s, bad, sizeof(bad))) != -1) {
+		if (k == -2) {
+			fprintf(stderr, "qscope tui: --keys: unknown key name '%s'\n", bad);
+			tui_canvas_release(&c);
+			return EXIT_USAGE;
+		}
+		int r = wb_key(w, k);
+		if (wb_want_calib(w))
+			cal_start(cal, w, 0);
+		if (ev && wb_dirty(w))
+			ev_start(ev, w, 0);
+		wb_draw(w, &c);
+		if (r & WB_QUIT)
+			break;
+	}
+	tui_canvas_dump(&c, stdout);
+	tui_canvas_release(&c);
+	return 0;
+}
+
+static int curses_attr(int a)
+{
+	static int color = -1;
+	if (color < 0)
+		color = has_colors() && !getenv("NO_COLOR");
+	switch (a) {
+	case TUI_BOLD: return A_BOLD;
+	case TUI_REVERSE: return A_REVERSE;
+	case TUI_DIM: return A_DIM;
+	case TUI_SELECTED: return A_BOLD | A_UNDERLINE;
+	default:
+		if (a >= TUI_HEAT0 && a < TUI_HEAT0 + 5)
+			return color ? COLOR_PAIR(1 + a - TUI_HEAT0) : (a >= TUI_HEAT0 + 3 ? A_BOLD : 0);
+		return A_NORMAL;
+	}
+}
+
+static void blit(const tui_canvas *c)
+{
+	for (int y = 0; y < c->h; y++)
+		for (int x = 0; x < c->w; x++) {
+			const tui_cell *cell = &c->cells[(size_t)y * c->w + x];
+			wchar_t s[2] = { cell->ch, 0 };
+			cchar_t cc;
+			setcchar(&cc, s, (attr_t)curses_attr(cell->attr), 0, NULL);
+			mvadd_wch(y, x, &cc);
+		}
+	refresh();
+}
+
+static int map_key(int ch)
+{
+	switch (ch) {
+	case KEY_UP: return WB_KEY_UP;
+	case KEY_DOWN: return WB_KEY_DOWN;
+	case KEY_PPAGE: return WB_KEY_PGUP;
+	case KEY_NPAGE: return WB_KEY_PGDN;
+	case KEY_HOME: return WB_KEY_HOME;
+	case KEY_END: return WB_KEY_END;
+	case KEY_ENTER: case '\n': case '\r': return WB_KEY_ENTER;
+	case 27: return WB_KEY_ESC;
+	case KEY_BACKSPACE: case 127: case 8: return WB_KEY_BACKSPACE;
+	case KEY_F(1): return WB_KEY_F1;
+	case 18: return WB_KEY_CTRL_R;
+	case KEY_RESIZE: return WB_KEY_RESIZE;
+	case 12: return WB_KEY_RESIZE; /* Ctrl-L: redraw */
+	default: return ch;
+	}
+}
+
+static double now_s(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static int run_curses(wb *w, evaluator *ev, calibrator *cal)
+{
+	if (!isatty(0) || !isatty(1)) {
+		fprintf(stderr, "qscope tui: needs a terminal (or QSCOPE_HEADLESS=80x24 with --keys)\n");
+		return EXIT_USAGE;
+	}
+	initscr();
+	cbreak();
+	noecho();
+	keypad(stdscr, TRUE);
+	set_escdelay(25);
+	curs_set(0);
+	if (has_colors() && !getenv("NO_COLOR")) {
+		start_color();
+		use_default_colors();
+		static const short heat[5] = { COLOR_BLUE, COLOR_CYAN, COLOR_GREEN, COLOR_YELLOW, COLOR_RED };
+		for (int i = 0; i < 5; i++)
+			init_pair((short)(1 + i), heat[i], -1);
+	}
+	tui_canvas c = { 0 };
+	int rc = 0, redraw = 1;
+	double last_key = 0;
+	timeout(50); /* getch returns ERR after 50 ms: the loop polls the evaluation */
+	for (;;) {
+		if (!c.cells || c.w != COLS || c.h != LINES) {
+			tui_canvas_release(&c);
+			if (tui_canvas_init(&c, COLS, LINES)) {
+				rc = EXIT_INPUT;
+				break;
+			}
+			clear();
+			redraw = 1;
+		}
+		if (ev && ev_poll(ev, w))
+			redraw = 1;
+		if (cal_poll(cal, w))
+			redraw = 1;
+		if (!cal->running && wb_want_calib(w)) {
+			cal_start(cal, w, 1);
+			redraw = 1;
+		}
+		/* debounced: a burst of keys gives one evaluation of its result */
+		if (ev && !ev->running && wb_dirty(w) && now_s() - last_key > 0.15) {
+			ev_start(ev, w, 1);
+			redraw = 1;
+		}
+		if (redraw) {
+			wb_draw(w, &c);
+			blit(&c);
+			redraw = 0;
+		}
+		int ch = getch();
+		if (ch == ERR)
+			continue;
+		last_key = now_s();
+		redraw = 1;
+		if (wb_key(w, map_key(ch)) & WB_QUIT)
+			break;
+	}
+	tui_canvas_release(&c);
+	endwin();
+	return rc;
+}
+
+int cmd_tui(int argc, char **argv)
+{
+	int rc = cli_parse_opts("tui", argc, argv, o_tui);
+	if (rc)
+		return rc;
+	setlocale(LC_ALL, "");
+	model *m = NULL;
+	if ((rc = cli_open_model(&co, &m)))
+		return rc;
+	qs_error err = { 0 };
+	sens_table sens;
+	int have_sens = 0;
+	wb *w = NULL;
+	if (t_sens) {
+		if (sens_load(t_sens, m, &sens, &err)) {
+			fprintf(stderr, "qscope tui: %s\n", err.msg);
+			rc = EXIT_INPUT;
+			goto out;
+		}
+		have_sens = 1;
+	}
+	if (!(w = wb_new(m, have_sens ? &sens : NULL, &err))) {
+		fprintf(stderr, "qscope tui: %s\n", err.msg);
+		rc = EXIT_INPUT;
+		goto out;
+	}
+	if (t_recipe) {
+		quant_plan p;
+		int r2 = quant_plan_load(t_recipe, m, &p, &err);
+		if (!r2) {
+			r2 = wb_set_plan(w, &p, &err);
+			quant_plan_release(&p);
+		}
+		if (r2) {
+			fprintf(stderr, "qscope tui: %s\n", err.msg);
+			rc = EXIT_INPUT;
+			goto out;
+		}
+	}
+	evaluator ev = { .m = m };
+	calibrator cal = { .m = m };
+	const char *hl = getenv("QSCOPE_HEADLESS");
+	if (hl && *hl)
+		rc = run_headless(w, t_noeval ? NULL : &ev, &cal, hl,
+				  t_keys ? t_keys : getenv("QSCOPE_KEYS"));
+	else
+		rc = run_curses(w, t_noeval ? NULL : &ev, &cal);
+	ev_release(&ev);
+	cal_release(&cal);
+out:
+	wb_free(w);
+	if (have_sens)
+		sens_table_release(&sens);
+	model_free(m);
+	return rc;
+}

@@ -1,0 +1,905 @@
+/* workbench.c - see workbench.h. */
+#include "workbench.h"
+
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../engine/calib.h"
+#include "../engine/eval.h"
+
+#define WB_MIN_W 60
+#define WB_MIN_H 10
+#define WB_UNDO_MAX 256
+
+typedef struct wb_spec {
+	quant_spec s;
+	int on;            /* quantized with s; 0: kept as stored */
+} wb_spec;
+
+typedef struct wb_row {
+	const model_tensor *t;
+	const char *kind;
+	int layer;         /* block; -1 token_embd; n_layers output */
+	double kurt;       /* weight kurtosis */
+	wb_spec sp;
+	int sel;
+} wb_row;
+
+enum { SORT_MODEL, SORT_PARAMS, SORT_BPW, SORT_KURT, SORT_SENS, SORT_N };
+static const char *const sort_names[SORT_N] = { "model order", "params", "bits/weight",
+						 "weight kurtosis", "sensitivity" };
+
+enum { MODE_TABLE, MODE_HELP, MODE_FILTER };
+
+struct wb {
+	const model *m;
+	const sens_table *sens;
+	wb_row *rows;
+	int n;
+	int *view;         /* (n) rows shown, in display order */
+	int n_view;
+	int cur, top;      /* cursor and first shown, as view positions */
+	int sort, mode;
+	char filter[128], input[128];
+	regex_t re;
+	int have_re;
+	wb_spec *undo;     /* (WB_UNDO_MAX, n) snapshots */
+	int n_undo, undo_pos; /* snapshots stored; the current state's index */
+	int page;          /* rows per page at the last draw */
+	char status[256];
+	int dirty;         /* plan changed since wb_take_plan */
+	int busy;          /* an evaluation is running */
+	int have_eval;
+	wb_eval ev;
+	char ev_err[256];
+	/* the detail pane */
+	int detail;        /* shown */
+	const calib_set *calib;
+	int want_calib, calib_busy;
+	char calib_err[256];
+	int ws_row;        /* row whose weight statistics are in ws, or -1 */
+	calib_stats ws;
+};
+
+static const wb_keydef keydefs[] = {
+	{ "j, Down / k, Up", "move the cursor" },
+	{ "PgDn / PgUp, Home / End", "move a page, to the first / last row" },
+	{ "Space", "select or unselect the row (edits apply to the selection, else the row)" },
+	{ "a", "select every row of the cursor row's kind (all ffn_down, ...)" },
+	{ "A / Esc", "select every shown row / clear the selection" },
+	{ "m", "cycle the method: rtn, gptq, awq, hqq" },
+	{ "b", "cycle the bits: 2 to 8" },
+	{ "g", "cycle the group: 32, 64, 128, 256, per channel" },
+	{ "s", "toggle symmetric / asymmetric" },
+	{ "f", "cycle the format: q4_0, q4_1, q8_0, nf4, fp8, int4g128" },
+	{ "x", "keep as stored (not quantized)" },
+	{ "u / Ctrl-R", "undo / redo" },
+	{ "/", "filter rows by a regular expression (empty: all)" },
+	{ "o", "cycle the sort: model order, params, bits/weight, kurtosis, sensitivity" },
+	{ "Enter", "show / hide the detail pane: histograms of the weights and inputs" },
+	{ "c", "calibrate (input statistics for the detail pane; cached on disk)" },
+	{ "?, F1", "this help (any key returns)" },
+	{ "q", "quit" },
+};
+
+const wb_keydef *wb_keys(int *n)
+{
+	*n = (int)(sizeof(keydefs) / sizeof(keydefs[0]));
+	return keydefs;
+}
+
+/* ------------------------------------------------------------ plan state */
+
+static size_t row_params(const wb_row *r)
+{
+	return (size_t)r->t->ne[0] * (size_t)r->t->ne[1];
+}
+
+static size_t row_bytes(const wb_row *r)
+{
+	return r->sp.on ? quant_spec_bytes(&r->sp.s, (int)r->t->ne[1], (int)r->t->ne[0]) : r->t->nbytes;
+}
+
+static void snapshot(wb *w)
+{
+	/* drop the redo tail, make room, store the current state */
+	w->n_undo = w->undo_pos + 1;
+	if (w->n_undo == WB_UNDO_MAX) {
+		memmove(w->undo, w->undo + w->n, sizeof(wb_spec) * (size_t)w->n * (WB_UNDO_MAX - 1));
+		w->n_undo--;
+	}
+	for (int i = 0; i < w->n; i++)
+		w->undo[(size_t)w->n_undo * w->n + i] = w->rows[i].sp;
+	w->undo_pos = w->n_undo;
+	w->n_undo++;
+	w->dirty = 1;
+}
+
+static void restore(wb *w, int pos)
+{
+	for (int i = 0; i < w->n; i++)
+		w->rows[i].sp = w->undo[(size_t)pos * w->n + i];
+	w->undo_pos = pos;
+	w->dirty = 1;
+}
+
+/* ------------------------------------------------------------ view */
+
+static const sens_entry *row_sens(const wb *w, const wb_row *r)
+{
+	if (!w->sens || !r->sp.on)
+		return NULL;
+	char c[96];
+	quant_spec_str(&r->sp.s, c, sizeof(c));
+	return sens_find(w->sens, r->t->name, c);
+}
+
+static double sort_key(const wb *w, const wb_row *r)
+{
+	switch (w->sort) {
+	case SORT_PARAMS: return (double)row_params(r);
+	case SORT_BPW: return 8.0 * (double)row_bytes(r) / (double)row_params(r);
+	case SORT_KURT: return r->kurt;
+	case SORT_SENS: {
+		const sens_entry *e = row_sens(w, r);
+		return e ? e->kld : -1;
+	}
+	default: return 0;
+	}
+}
+
+static const wb *g_sort_wb; /* qsort has no user pointer */
+
+static int cmp_view(const void *a, const void *b)
+{
+	const wb *w = g_sort_wb;
+	int i = *(const int *)a, j = *(const int *)b;
+	double x = sort_key(w, &w->rows[i]), y = sort_key(w, &w->rows[j]);
+	if (x != y)
+		return x > y ? -1 : 1; /* largest first */
+	return i - j;
+}
+
+static void rebuild_view(wb *w)
+{
+	int cur_row = w->n_view > 0 ? w->view[w->cur] : 0;
+	w->n_view = 0;
+	for (int i = 0; i < w->n; i++)
+		if (!w->have_re || regexec(&w->re, w->rows[i].t->name, 0, NULL, 0) == 0)
+			w->view[w->n_view++] = i;
+	if (w->sort != SORT_MODEL) {
+		g_sort_wb = w;
+		qsort(w->view, (size_t)w->n_view, sizeof(int), cmp_view);
+	}
+	w->cur = 0;
+	for (int k = 0; k < w->n_view; k++)
+		if (w->view[k] == cur_row)
+			w->cur = k;
+	w->top = 0;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+wb *wb_new(const model *m, const sens_table *sens, qs_error *err)
+{
+	wb *w = calloc(1, sizeof(*w));
+	if (!w) {
+		qs_err(err, QS_ENOMEM, "workbench: out of memory");
+		return NULL;
+	}
+	w->m = m;
+	w->sens = sens;
+	w->rows = calloc((size_t)m->n_tensors, sizeof(wb_row));
+	w->view = calloc((size_t)m->n_tensors, sizeof(int));
+	if (!w->rows || !w->view)
+		goto nomem;
+	/* block linears in model order, then token_embd and output */
+	for (int pass = 0; pass < 2; pass++)
+		for (int i = 0; i < m->n_tensors; i++) {
+			const model_tensor *t = &m->tensors[i];
+			const char *kind = quant_tensor_kind(t->name);
+			if (!kind || t->n_dims != 2)
+				continue;
+			int edge = !strcmp(kind, "token_embd") || !strcmp(kind, "output");
+			if (edge != pass || (!strcmp(kind, "output") && m->cfg.tied))
+				continue;
+			wb_row *r = &w->rows[w->n++];
+			r->t = t;
+			r->kind = kind;
+			r->layer = !strcmp(kind, "token_embd") ? -1 : !strcmp(kind, "output") ? m->cfg.n_layers : 0;
+			if (!edge)
+				sscanf(t->name, "blk.%d.", &r->layer);
+			calib_stats st;
+			if (calib_weight_stats(t, 20.0f, 6.0f, &st, NULL) == 0) {
+				r->kurt = st.kurtosis;
+				calib_stats_release(&st);
+			} else {
+				r->kurt = NAN;
+			}
+		}
+	w->undo = calloc((size_t)WB_UNDO_MAX * (size_t)(w->n ? w->n : 1), sizeof(wb_spec));
+	if (!w->undo)
+		goto nomem;
+	w->undo_pos = -1;
+	snapshot(w);
+	w->dirty = 0; /* nothing to evaluate until the first change */
+	w->ws_row = -1;
+	rebuild_view(w);
+	return w;
+nomem:
+	wb_free(w);
+	qs_err(err, QS_ENOMEM, "workbench: out of memory");
+	return NULL;
+}
+
+void wb_free(wb *w)
+{
+	if (!w)
+		return;
+	if (w->have_re)
+		regfree(&w->re);
+	if (w->ws_row >= 0)
+		calib_stats_release(&w->ws);
+	free(w->rows);
+	free(w->view);
+	free(w->undo);
+	free(w);
+}
+
+int wb_set_plan(wb *w, const quant_plan *p, qs_error *err)
+{
+	for (int i = 0; i < w->n; i++) {
+		const quant_spec *s = quant_plan_find(p, w->rows[i].t->name);
+		if (s && quant_spec_check(s, w->rows[i].t->name, (int)w->rows[i].t->ne[1],
+					  (int)w->rows[i].t->ne[0], err))
+			return QS_EUSAGE;
+	}
+	for (int i = 0; i < w->n; i++) {
+		const quant_spec *s = quant_plan_find(p, w->rows[i].t->name);
+		w->rows[i].sp.on = s && s->method != QUANT_NONE;
+		if (w->rows[i].sp.on)
+			w->rows[i].sp.s = *s;
+	}
+	snapshot(w);
+	return 0;
+}
+
+int wb_plan(const wb *w, quant_plan *out, qs_error *err)
+{
+	memset(out, 0, sizeof(*out));
+	for (int i = 0; i < w->n; i++)
+		if (w->rows[i].sp.on && quant_plan_add(out, w->rows[i].t->name, &w->rows[i].sp.s, err)) {
+			quant_plan_release(out);
+			return QS_ENOMEM;
+		}
+	return 0;
+}
+
+/* ------------------------------------------------------------ evaluation */
+
+int wb_dirty(const wb *w)
+{
+	return w->dirty;
+}
+
+int wb_take_plan(wb *w, quant_plan *out, qs_error *err)
+{
+	int rc = wb_plan(w, out, err);
+	if (!rc)
+		w->dirty = 0;
+	return rc;
+}
+
+void wb_set_busy(wb *w, int busy)
+{
+	w->busy = busy;
+}
+
+void wb_set_eval(wb *w, const wb_eval *e, const char *err_msg)
+{
+	w->busy = 0;
+	if (err_msg) {
+		snprintf(w->ev_err, sizeof(w->ev_err), "%s", err_msg);
+		return;
+	}
+	w->ev_err[0] = 0;
+	w->ev = *e;
+	w->have_eval = 1;
+}
+
+static int first_layer(const model *m, const char *name)
+{
+	int l;
+	if (sscanf(name, "blk.%d.", &l) == 1)
+		return l;
+	return strncmp(name, "token_embd", 10) ? m->cfg.n_layers : 0;
+}
+
+int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *calib,
+		int n_calib, int calib_len, wb_eval *out, qs_error *err)
+{
+	memset(out, 0, sizeof(*out));
+	const eval_ppl_result *b = eval_cache_base(ec);
+	out->base_ppl = b->ppl;
+	out->chunks = eval_cache_chunks(ec);
+	out->ppl = b->ppl;
+	out->same_top = 100;
+	if (p->n == 0)
+		return 0; /* the unquantized model: nothing to run */
+	if (quant_plan_needs_calib(p) && !calib)
+		return qs_err(err, QS_EUSAGE, "the plan needs calibration data");
+	quant_opts qo = { .calib = calib, .n_calib = n_calib, .calib_len = calib_len };
+	model *qm = NULL;
+	int rc = quant_model(m, p, &qo, &qm, NULL, err);
+	if (rc)
+		return rc;
+	int from = m->cfg.n_layers;
+	for (int i = 0; i < p->n; i++) {
+		int l = first_layer(m, p->e[i].name);
+		from = l < from ? l : from;
+		const model_tensor *t = model_find(qm, p->e[i].name);
+		out->bytes += model_tensor_bytes(t);
+		out->params += (size_t)t->ne[0] * (size_t)t->ne[1];
+		out->n_quantized++;
+	}
+	if (qm->actq)
+		from = 0; /* activation quantization acts at every site */
+	eval_cmp_result r;
+	rc = eval_cache_run(ec, qm, from, &r, err);
+	if (!rc) {
+		out->ppl = r.test.ppl;
+		out->kld = r.kld_mean;
+		out->same_top = r.same_top_pct;
+		out->seconds = r.seconds;
+	}
+	model_free(qm);
+	return rc;
+}
+
+/* ------------------------------------------------------------ calibration */
+
+void wb_set_calib(wb *w, const calib_set *cs)
+{
+	w->calib = cs;
+	w->calib_busy = 0;
+	w->calib_err[0] = 0;
+}
+
+int wb_want_calib(wb *w)
+{
+	int r = w->want_calib;
+	w->want_calib = 0;
+	return r;
+}
+
+void wb_set_calib_busy(wb *w, int busy, const char *err_msg)
+{
+	w->calib_busy = busy;
+	snprintf(w->calib_err, sizeof(w->calib_err), "%s", err_msg ? err_msg : "");
+}
+
+/* ------------------------------------------------------------ editing */
+
+typedef int (*edit_fn)(wb_spec *sp, const wb_row *r);
+
+static quant_spec default_spec(void)
+{
+	quant_spec s;
+	quant_spec_parse("int4g128", &s, NULL);
+	return s;
+}
+
+/* make sp an INT spec (from int4g128 when it is not one) */
+static void ensure_int(wb_spec *sp)
+{
+	if (!sp->on || sp->s.fmt.fmt != KN_QF_INT) {
+		int m = sp->on ? sp->s.method : QUANT_RTN;
+		sp->s = default_spec();
+		sp->s.method = m == QUANT_NONE ? QUANT_RTN : m;
+		sp->on = 1;
+	}
+}
+
+static int ed_method(wb_spec *sp, const wb_row *r)
+{
+	(void)r;
+	static const int order[] = { QUANT_RTN, QUANT_GPTQ, QUANT_AWQ, QUANT_HQQ };
+	ensure_int(sp);
+	int k = 0;
+	for (int i = 0; i < 4; i++)
+		if (order[i] == sp->s.method)
+			k = (i + 1) % 4;
+	quant_spec d = quant_spec_default(order[k], sp->s.fmt);
+	sp->s = d;
+	return 0;
+}
+
+static int ed_bits(wb_spec *sp, const wb_row *r)
+{
+	(void)r;
+	ensure_int(sp);
+	sp->s.fmt.bits = sp->s.fmt.bits >= 8 ? 2 : sp->s.fmt.bits + 1;
+	if (sp->s.fmt.bits == 7)
+		sp->s.fmt.bits = 8; /* int7 exists but nobody wants it */
+	return 0;
+}
+
+static int ed_group(wb_spec *sp, const wb_row *r)
+{
+	static const int groups[] = { 32, 64, 128, 256, 0 };
+	ensure_int(sp);
+	int k = 0;
+	for (int i = 0; i < 5; i++)
+		if ((groups[i] ? groups[i] : KN_GROUP_ROW) == sp->s.fmt.group)
+			k = i;
+	for (int step = 1; step <= 5; step++) { /* the next group that fits the row */
+		int g = groups[(k + step) % 5];
+		quant_spec t = sp->s;
+		t.fmt.group = g ? g : KN_GROUP_ROW;
+		if (!quant_spec_check(&t, r->t->name, (int)r->t->ne[1], (int)r->t->ne[0], NULL)) {
+			sp->s = t;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+static int ed_sym(wb_spec *sp, const wb_row *r)
+{
+	(void)r;
+	ensure_int(sp);
+	sp->s.fmt.sym = !sp->s.fmt.sym;
+	return 0;
+}
+
+static int ed_format(wb_spec *sp, const wb_row *r)
+{
+	(void)r;
+	static const char *const fmts[] = { "q4_0", "q4_1", "q8_0", "nf4", "fp8", "int4g128" };
+	char cur[96] = "";
+	if (sp->on)
+		quant_spec_str(&sp->s, cur, sizeof(cur));
+	int k = 0;
+	for (int i = 0; i < 6; i++)
+		if (!strcmp(cur, fmts[i]))
+			k = (i + 1) % 6;
+	quant_spec_parse(fmts[k], &sp->s, NULL);
+	sp->on = 1;
+	return 0;
+}
+
+static int ed_keep(wb_spec *sp, const wb_row *r)
+{
+	(void)r;
+	sp->on = 0;
+	return 0;
+}
+
+/* Apply an edit to the selection (or the cursor row); rows whose result
+ * does not fit them keep their spec and are counted in the status line. */
+static void apply(wb *w, edit_fn fn, const char *what)
+{
+	int any_sel = 0, changed = 0, refused = 0;
+	char why[200] = "";
+	for (int i = 0; i < w->n; i++)
+		any_sel |= w->rows[i].sel;
+	for (int k = 0; k < w->n_view; k++) {
+		wb_row *r = &w->rows[w->view[k]];
+		if (any_sel ? !r->sel : k != w->cur)
+			continue;
+		wb_spec sp = r->sp;
+		qs_error e = { 0 };
+		int bad = fn(&sp, r) ? 1 : 0;
+		if (!bad && sp.on &&
+		    quant_spec_check(&sp.s, r->t->name, (int)r->t->ne[1], (int)r->t->ne[0], &e))
+			bad = 2;
+		if (bad) {
+			if (!why[0])
+				snprintf(why, sizeof(why), "%.190s", bad == 2 ? e.msg : "no value fits");
+			refused++;
+			continue;
+		}
+		r->sp = sp;
+		changed++;
+	}
+	if (changed)
+		snapshot(w);
+	if (refused)
+		snprintf(w->status, sizeof(w->status), "%s: %d changed, %d kept (%s)", what, changed,
+			 refused, why);
+	else
+		snprintf(w->status, sizeof(w->status), "%s: %d tensor%s", what, changed,
+			 changed == 1 ? "" : "s");
+	if (w->sort != SORT_MODEL)
+		rebuild_view(w);
+}
+
+static void set_filter(wb *w, const char *re)
+{
+	if (w->have_re)
+		regfree(&w->re);
+	w->have_re = 0;
+	w->filter[0] = 0;
+	if (*re) {
+		int rc = regcomp(&w->re, re, REG_EXTENDED | REG_NOSUB);
+		if (rc) {
+			char msg[128];
+			regerror(rc, &w->re, msg, sizeof(msg));
+			snprintf(w->status, sizeof(w->status), "filter '%.60s': %s", re, msg);
+		} else {
+			w->have_re = 1;
+			snprintf(w->filter, sizeof(w->filter), "%s", re);
+		}
+	}
+	rebuild_view(w);
+	if (w->have_re)
+		snprintf(w->status, sizeof(w->status), "filter '%s': %d of %d tensors", w->filter,
+			 w->n_view, w->n);
+}
+
+int wb_key(wb *w, int key)
+{
+	if (key == WB_KEY_RESIZE)
+		return WB_REDRAW;
+	if (w->mode == MODE_HELP) {
+		w->mode = MODE_TABLE;
+		return WB_REDRAW;
+	}
+	if (w->mode == MODE_FILTER) {
+		size_t n = strlen(w->input);
+		if (key == WB_KEY_ENTER) {
+			w->mode = MODE_TABLE;
+			set_filter(w, w->input);
+		} else if (key == WB_KEY_ESC) {
+			w->mode = MODE_TABLE;
+		} else if (key == WB_KEY_BACKSPACE) {
+			if (n)
+				w->input[n - 1] = 0;
+		} else if (key >= 32 && key < 127 && n + 1 < sizeof(w->input)) {
+			w->input[n] = (char)key;
+			w->input[n + 1] = 0;
+		}
+		return WB_REDRAW;
+	}
+	w->status[0] = 0;
+	int page = w->page > 1 ? w->page : 10;
+	switch (key) {
+	case 'q': return WB_QUIT;
+	case 'j': case WB_KEY_DOWN: w->cur++; break;
+	case 'k': case WB_KEY_UP: w->cur--; break;
+	case WB_KEY_PGDN: w->cur += page; break;
+	case WB_KEY_PGUP: w->cur -= page; break;
+	case WB_KEY_HOME: w->cur = 0; break;
+	case WB_KEY_END: w->cur = w->n_view - 1; break;
+	case ' ':
+		if (w->n_view) {
+			w->rows[w->view[w->cur]].sel ^= 1;
+			w->cur++;
+		}
+		break;
+	case 'a':
+		if (w->n_view) {
+			const char *kind = w->rows[w->view[w->cur]].kind;
+			int cnt = 0;
+			for (int k = 0; k < w->n_view; k++)
+				if (!strcmp(w->rows[w->view[k]].kind, kind)) {
+					w->rows[w->view[k]].sel = 1;
+					cnt++;
+				}
+			snprintf(w->status, sizeof(w->status), "selected %d %s", cnt, kind);
+		}
+		break;
+	case 'A':
+		for (int k = 0; k < w->n_view; k++)
+			w->rows[w->view[k]].sel = 1;
+		snprintf(w->status, sizeof(w->status), "selected %d tensors", w->n_view);
+		break;
+	case WB_KEY_ESC:
+		for (int i = 0; i < w->n; i++)
+			w->rows[i].sel = 0;
+		break;
+	case 'm': apply(w, ed_method, "method"); break;
+	case 'b': apply(w, ed_bits, "bits"); break;
+	case 'g': apply(w, ed_group, "group"); break;
+	case 's': apply(w, ed_sym, "symmetric"); break;
+	case 'f': apply(w, ed_format, "format"); break;
+	case 'x': apply(w, ed_keep, "keep"); break;
+	case 'u':
+		if (w->undo_pos > 0) {
+			restore(w, w->undo_pos - 1);
+			snprintf(w->status, sizeof(w->status), "undone");
+		} else {
+			snprintf(w->status, sizeof(w->status), "nothing to undo");
+		}
+		break;
+	case WB_KEY_CTRL_R:
+		if (w->undo_pos + 1 < w->n_undo) {
+			restore(w, w->undo_pos + 1);
+			snprintf(w->status, sizeof(w->status), "redone");
+		} else {
+			snprintf(w->status, sizeof(w->status), "nothing to redo");
+		}
+		break;
+	case '/':
+		w->mode = MODE_FILTER;
+		snprintf(w->input, sizeof(w->input), "%s", w->filter);
+		break;
+	case 'o':
+		w->sort = (w->sort + 1) % SORT_N;
+		rebuild_view(w);
+		snprintf(w->status, sizeof(w->status), "sorted by %s", sort_names[w->sort]);
+		break;
+	case '?': case WB_KEY_F1: w->mode = MODE_HELP; break;
+	case WB_KEY_ENTER: w->detail = !w->detail; break;
+	case 'c':
+		if (w->calib)
+			snprintf(w->status, sizeof(w->status), "calibration statistics are loaded");
+		else if (!w->calib_busy)
+			w->want_calib = 1;
+		break;
+	default: return 0;
+	}
+	if (w->cur >= w->n_view)
+		w->cur = w->n_view - 1;
+	if (w->cur < 0)
+		w->cur = 0;
+	return WB_REDRAW;
+}
+
+/* ------------------------------------------------------------ drawing */
+
+static int heat(double kld)
+{
+	/* log-spaced buckets: < 1e-4, < 1e-3, < 1e-2, < 3e-2, above */
+	return kld < 1e-4 ? 0 : kld < 1e-3 ? 1 : kld < 1e-2 ? 2 : kld < 3e-2 ? 3 : 4;
+}
+
+static void draw_help(wb *w, tui_canvas *c)
+{
+	tui_put(c, 0, 0, 0, TUI_BOLD, "qscope workbench: keys (any key returns)");
+	int n;
+	const wb_keydef *k = wb_keys(&n);
+	for (int i = 0; i < n && i + 2 < c->h; i++) {
+		tui_put(c, i + 2, 2, 24, TUI_BOLD, k[i].keys);
+		tui_put(c, i + 2, 28, 0, TUI_NORMAL, k[i].help);
+	}
+	(void)w;
+}
+
+/* a histogram as one line of block characters, one column per bin from
+ * the first to the last non-empty bin, height by log count; bins at or
+ * above `hot` (a value) in the hot colour. Returns the columns used. */
+static int draw_hist(tui_canvas *c, int y, int x, int maxw, const calib_hist *h, double hot)
+{
+	static const char *const blocks[] = { " ", "\u2581", "\u2582", "\u2583", "\u2584",
+					      "\u2585", "\u2586", "\u2587", "\u2588" };
+	int lo = -1, hi = -1;
+	double mx = 0;
+	for (int i = 0; i < CALIB_HIST_BINS; i++)
+		if (h->bin[i]) {
+			if (lo < 0)
+				lo = i;
+			hi = i;
+			mx = fmax(mx, log1p((double)h->bin[i]));
+		}
+	if (lo < 0)
+		return 0;
+	int n = 0;
+	for (int i = lo; i <= hi && n < maxw; i++, n++) {
+		int lv = h->bin[i] ? 1 + (int)(7.0 * log1p((double)h->bin[i]) / mx) : 0;
+		int attr = hot > 0 && calib_hist_edge(i + 1) > hot ? TUI_HEAT0 + 4 : TUI_NORMAL;
+		tui_put(c, y, x + n, 1, attr, blocks[lv > 8 ? 8 : lv]);
+	}
+	tui_putf(c, y + 1, x, 0, TUI_DIM, "%-8.0e", (double)calib_hist_edge(lo));
+	if (n > 12)
+		tui_putf(c, y + 1, x + n - 6, 0, TUI_DIM, "%.0e", (double)calib_hist_edge(hi + 1));
+	return n;
+}
+
+static const calib_stats *input_stats(const wb *w, const wb_row *r)
+{
+	if (!w->calib || !strcmp(r->kind, "token_embd"))
+		return NULL;
+	if (!strcmp(r->kind, "output"))
+		return w->calib->head.n_sites ? &w->calib->head.site[0] : NULL;
+	int site = !strcmp(r->kind, "attn_output") ? 1 : !strcmp(r->kind, "ffn_down") ? 3
+		 : !strncmp(r->kind, "ffn_", 4) ? 2 : 0;
+	if (r->layer < 0 || r->layer >= w->calib->n_layers)
+		return NULL;
+	const calib_layer_stats *ls = &w->calib->layers[r->layer];
+	for (int i = 0; i < ls->n_sites; i++)
+		if (ls->site[i].site == site)
+			return &ls->site[i];
+	return NULL;
+}
+
+static void draw_detail(wb *w, tui_canvas *c, int y0, int y1)
+{
+	if (!w->n_view)
+		return;
+	int ri = w->view[w->cur];
+	const wb_row *r = &w->rows[ri];
+	if (w->ws_row != ri) {
+		if (w->ws_row >= 0)
+			calib_stats_release(&w->ws);
+		w->ws_row = calib_weight_stats(r->t, 20.0f, 6.0f, &w->ws, NULL) ? -1 : ri;
+	}
+	for (int x = 0; x < c->w; x++)
+		tui_put(c, y0, x, 1, TUI_DIM, "\u2500");
+	tui_putf(c, y0, 2, 0, TUI_BOLD, " %s ", r->t->name);
+	int y = y0 + 1;
+	if (w->ws_row == ri && y + 2 <= y1) {
+		const calib_stats *s = &w->ws;
+		tui_putf(c, y, 0, 0, TUI_NORMAL,
+			 "weights  absmax %.4g  rms %.4g  kurtosis %.2f  >6 sigma %.3f%%  |w| histogram (log counts):",
+			 s->absmax_all, s->rms_all, s->kurtosis, 100.0 * s->outlier_frac);
+		draw_hist(c, y + 1, 2, c->w - 4, &s->hist, 6.0 * s->std);
+		y += 3;
+	}
+	const calib_stats *in = input_stats(w, r);
+	if (!in) {
+		if (y <= y1)
+			tui_put(c, y, 0, 0, TUI_DIM,
+				w->calib_busy ? "inputs   calibrating..." :
+				w->calib_err[0] ? w->calib_err :
+				!strcmp(r->kind, "token_embd") ? "inputs   token ids (no activations)" :
+				"inputs   press c to calibrate (debdoc-calib.txt, cached on disk)");
+		return;
+	}
+	if (y + 2 <= y1) {
+		tui_putf(c, y, 0, 0, TUI_NORMAL,
+			 "inputs   absmax %.4g  rms %.4g  kurtosis %.1f  >6 sigma %.3f%%  outlier channels %d:",
+			 in->absmax_all, in->rms_all, in->kurtosis, 100.0 * in->outlier_frac,
+			 in->n_outlier_ch);
+		draw_hist(c, y + 1, 2, c->w - 4, &in->hist, 6.0 * in->std);
+		y += 3;
+	}
+	/* the channels with the largest absmax, as bars; outliers marked */
+	int n = y1 - y + 1, cols = in->cols;
+	if (n <= 0 || !in->absmax)
+		return;
+	int *top = malloc(sizeof(int) * (size_t)n);
+	if (!top)
+		return;
+	int k = 0;
+	for (int j = 0; j < cols; j++) { /* insertion into a short sorted list */
+		int pos = k < n ? k++ : n;
+		while (pos > 0 && in->absmax[top[pos - 1]] < in->absmax[j]) {
+			if (pos < n)
+				top[pos] = top[pos - 1];
+			pos--;
+		}
+		if (pos < n)
+			top[pos] = j;
+	}
+	double mx = in->absmax[top[0]] > 0 ? in->absmax[top[0]] : 1;
+	int barw = c->w - 36 > 10 ? c->w - 36 : 10;
+	for (int i = 0; i < k; i++) {
+		int ch = top[i], outl = 0;
+		for (int o = 0; o < in->n_outlier_ch; o++)
+			outl |= in->outlier_ch[o] == ch;
+		int len = (int)(barw * in->absmax[ch] / mx + 0.5);
+		tui_putf(c, y + i, 0, 0, TUI_NORMAL, "  ch %4d %9.3f ", ch, (double)in->absmax[ch]);
+		for (int b = 0; b < len; b++) /* after "  ch NNNN  absmax.xxx " (20 columns) */
+			tui_put(c, y + i, 20 + b, 1, outl ? TUI_HEAT0 + 4 : TUI_NORMAL, "\u2588");
+		if (outl)
+			tui_put(c, y + i, 21 + len, 0, TUI_BOLD, "outlier");
+		else
+			tui_putf(c, y + i, 21 + len, 0, TUI_DIM, "%.1fx median",
+				 in->absmax[ch] / fmax(in->median_absmax, 1e-30));
+	}
+	free(top);
+}
+
+void wb_draw(wb *w, tui_canvas *c)
+{
+	tui_canvas_clear(c);
+	if (c->w < WB_MIN_W || c->h < WB_MIN_H) {
+		tui_putf(c, 0, 0, 0, TUI_BOLD, "terminal too small: %dx%d, need %dx%d", c->w, c->h,
+			 WB_MIN_W, WB_MIN_H);
+		return;
+	}
+	if (w->mode == MODE_HELP) {
+		draw_help(w, c);
+		return;
+	}
+	const model *m = w->m;
+	tui_putf(c, 0, 0, 0, TUI_BOLD, "qscope  %s  %d tensors  sort: %s%s%s", m->path, w->n,
+		 sort_names[w->sort], w->have_re ? "  filter: " : "", w->have_re ? w->filter : "");
+	/* columns: name 26, shape 10, params 8, spec 20, bpw 6, kurt 8, KLD */
+	const int x_shape = 26, x_par = 37, x_spec = 46, x_bpw = 67, x_kurt = 73, x_sens = 82;
+	int y = 1;
+	tui_put(c, y, 0, 0, TUI_BOLD, "tensor");
+	tui_put(c, y, x_shape, 0, TUI_BOLD, "shape");
+	tui_put(c, y, x_par, 0, TUI_BOLD, "params");
+	tui_put(c, y, x_spec, 0, TUI_BOLD, "spec");
+	tui_put(c, y, x_bpw, 0, TUI_BOLD, "bpw");
+	if (c->w > x_kurt + 4)
+		tui_put(c, y, x_kurt, 0, TUI_BOLD, "w.kurt");
+	if (c->w > x_sens + 4)
+		tui_put(c, y, x_sens, 0, TUI_BOLD, w->sens ? "KLD (scan)" : "KLD");
+	int first = 2, last = c->h - 4; /* rows first..last; eval bar, footer and status below */
+	int detail_y0 = -1;
+	if (w->detail && c->h >= 20) { /* the lower part shows the cursor row's details */
+		detail_y0 = first + (last - first) / 3 + 1;
+		last = detail_y0 - 1;
+	}
+	w->page = last - first + 1;
+	if (w->cur < w->top)
+		w->top = w->cur;
+	if (w->cur >= w->top + w->page)
+		w->top = w->cur - w->page + 1;
+	for (int k = w->top; k < w->n_view && first + k - w->top <= last; k++) {
+		const wb_row *r = &w->rows[w->view[k]];
+		int yy = first + k - w->top;
+		int attr = k == w->cur ? TUI_REVERSE : r->sel ? TUI_SELECTED : TUI_NORMAL;
+		char spec[96] = "(stored)";
+		if (r->sp.on)
+			quant_spec_str(&r->sp.s, spec, sizeof(spec));
+		tui_putf(c, yy, 0, x_shape - 1, attr, "%s%s", r->sel ? "*" : " ", r->t->name);
+		tui_putf(c, yy, x_shape, 10, attr, "%lldx%lld", (long long)r->t->ne[1],
+			 (long long)r->t->ne[0]);
+		tui_putf(c, yy, x_par, 8, attr, "%8zu", row_params(r));
+		tui_put(c, yy, x_spec, 20, attr, spec);
+		tui_putf(c, yy, x_bpw, 6, attr, "%6.3f", 8.0 * (double)row_bytes(r) / (double)row_params(r));
+		if (c->w > x_kurt + 4)
+			tui_putf(c, yy, x_kurt, 8, attr, "%8.2f", r->kurt);
+		const sens_entry *e = row_sens(w, r);
+		if (c->w > x_sens + 4) {
+			if (e)
+				tui_putf(c, yy, x_sens, 10, k == w->cur ? attr : TUI_HEAT0 + heat(e->kld), "%.6f",
+					 e->kld);
+			else
+				tui_put(c, yy, x_sens, 10, attr, "-");
+		}
+		if (attr != TUI_NORMAL) /* the cursor / selection band spans the row */
+			for (int x = 0; x < c->w; x++) {
+				tui_cell *cell = &c->cells[(size_t)yy * c->w + x];
+				if (cell->attr == TUI_NORMAL)
+					cell->attr = (unsigned char)attr;
+			}
+	}
+	if (detail_y0 >= 0)
+		draw_detail(w, c, detail_y0, c->h - 4);
+	/* footer: the plan's exact size */
+	size_t qb = 0, qp = 0, tb = 0, tp = 0;
+	int nq = 0, nsel = 0;
+	for (int i = 0; i < w->n; i++) {
+		nsel += w->rows[i].sel;
+		if (w->rows[i].sp.on) {
+			nq++;
+			qb += row_bytes(&w->rows[i]);
+			qp += row_params(&w->rows[i]);
+		}
+	}
+	quant_plan p;
+	if (!wb_plan(w, &p, NULL)) {
+		tb = quant_plan_bytes(m, &p, &tp);
+		quant_plan_release(&p);
+	}
+	tui_putf(c, c->h - 2, 0, 0, TUI_BOLD,
+		 "plan: %d quantized (%.3f bpw)  model %.3f MB, %.3f bpw  selected %d", nq,
+		 qp ? 8.0 * (double)qb / (double)qp : 0.0, (double)tb / 1e6,
+		 tp ? 8.0 * (double)tb / (double)tp : 0.0, nsel);
+	/* the live evaluation */
+	if (w->ev_err[0])
+		tui_putf(c, c->h - 3, 0, 0, TUI_BOLD, "eval: %s", w->ev_err);
+	else if (w->have_eval)
+		tui_putf(c, c->h - 3, 0, 0, TUI_BOLD,
+			 "eval %d chunks: FP %.2f  now %.2f (%+.2f)  KLD %.4f  top %.1f%%  %.2f s%s",
+			 w->ev.chunks, w->ev.base_ppl, w->ev.ppl, w->ev.ppl - w->ev.base_ppl, w->ev.kld,
+			 w->ev.same_top, w->ev.seconds, w->busy ? "  (evaluating...)" : "");
+	else
+		tui_put(c, c->h - 3, 0, 0, TUI_DIM,
+			w->busy ? "eval: evaluating..." : "eval: change a spec to see its perplexity and KLD");
+	if (w->mode == MODE_FILTER)
+		tui_putf(c, c->h - 1, 0, 0, TUI_NORMAL, "/%s", w->input);
+	else if (w->status[0])
+		tui_put(c, c->h - 1, 0, 0, TUI_NORMAL, w->status);
+	else
+		tui_put(c, c->h - 1, 0, 0, TUI_DIM,
+			"j/k move  space select  m b g s f x edit  u undo  / filter  o sort  ? help  q quit");
+}

@@ -1,0 +1,77 @@
+/* workbench.h - the workbench's state and its layer-table screen: one row
+ * per quantizable tensor with its shape, the spec the plan gives it, bits
+ * per weight, weight kurtosis and measured sensitivity; keys edit the plan
+ * (method, bits, group, symmetric, format) on the selection, with undo, and
+ * a footer totals the plan's exact bytes. No curses here: it draws on a
+ * tui_canvas (cmd_tui.c copies that to the terminal or dumps it as text),
+ * so the tests drive exactly what a user sees. */
+#ifndef QS_TUI_WORKBENCH_H
+#define QS_TUI_WORKBENCH_H
+
+#include "../engine/calib.h"
+#include "../engine/eval.h"
+#include "../engine/model.h"
+#include "../engine/quant.h"
+#include "../engine/quantize.h"
+#include "../engine/sens.h"
+#include "canvas.h"
+
+/* keys beyond ASCII */
+enum {
+	WB_KEY_UP = 0x100, WB_KEY_DOWN, WB_KEY_PGUP, WB_KEY_PGDN, WB_KEY_HOME, WB_KEY_END,
+	WB_KEY_ENTER, WB_KEY_ESC, WB_KEY_BACKSPACE, WB_KEY_F1, WB_KEY_CTRL_R, WB_KEY_RESIZE,
+};
+
+/* what a key did */
+enum { WB_REDRAW = 1, WB_QUIT = 2 };
+
+typedef struct wb wb;
+
+/* A workbench on m (borrowed; it must outlive the workbench). sens may be
+ * NULL. Weight statistics are computed here (tens of milliseconds for a
+ * small model). */
+wb *wb_new(const model *m, const sens_table *sens, qs_error *err);
+void wb_free(wb *w);
+/* Replace the plan (e.g. from a recipe); tensors not in p are kept. */
+int wb_set_plan(wb *w, const quant_plan *p, qs_error *err);
+/* The current plan (caller releases with quant_plan_release). */
+int wb_plan(const wb *w, quant_plan *out, qs_error *err);
+int wb_key(wb *w, int key);
+void wb_draw(wb *w, tui_canvas *c);
+
+/* ---- live evaluation: after a change the plan is quantized and evaluated
+ * on a quick set (eval_cache), off the UI thread; the workbench only shows
+ * the result. */
+typedef struct wb_eval {
+	double base_ppl, ppl, kld, same_top, seconds;
+	size_t bytes, params; /* of the evaluated plan's quantized tensors */
+	int chunks, n_quantized;
+} wb_eval;
+
+/* Quantize m with p and evaluate it against m on ec from the first layer
+ * with a quantized tensor. calib (n_calib x calib_len, may be NULL) serves
+ * plans that need calibration (GPTQ, AWQ, ...). */
+int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *calib,
+		int n_calib, int calib_len, wb_eval *out, qs_error *err);
+/* Has the plan changed since the last wb_take_plan? */
+int wb_dirty(const wb *w);
+/* A copy of the plan to evaluate; clears the dirty flag. */
+int wb_take_plan(wb *w, quant_plan *out, qs_error *err);
+/* Show an evaluation (err_msg non-NULL: it failed), or that one is running. */
+void wb_set_eval(wb *w, const wb_eval *e, const char *err_msg);
+void wb_set_busy(wb *w, int busy);
+
+/* Calibration statistics for the detail pane (borrowed; NULL: none yet).
+ * The `c` key asks for them: wb_want_calib then says so once. */
+void wb_set_calib(wb *w, const calib_set *cs);
+int wb_want_calib(wb *w);
+void wb_set_calib_busy(wb *w, int busy, const char *err_msg);
+
+/* The key table (also the help screen and `qscope tui --help`). */
+typedef struct wb_keydef {
+	const char *keys;  /* as shown: "j, Down" */
+	const char *help;
+} wb_keydef;
+const wb_keydef *wb_keys(int *n);
+
+#endif
