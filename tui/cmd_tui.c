@@ -42,13 +42,56 @@ const opt *tui_opts_table(void) { return o_tui; }
  * made on first use; one evaluation runs at a time, on its own thread in a
  * terminal, inline when headless */
 
+/* one piece of work on its own thread; the UI loop polls job_finished */
+typedef struct job {
+	pthread_t th;
+	int running;
+	atomic_int done;
+	void (*fn)(void *);
+	void *arg;
+} job;
+
+static void *job_main(void *a)
+{
+	job *j = a;
+	j->fn(j->arg);
+	atomic_store(&j->done, 1);
+	return NULL;
+}
+
+static int job_start(job *j, void (*fn)(void *), void *arg)
+{
+	j->fn = fn;
+	j->arg = arg;
+	atomic_store(&j->done, 0);
+	if (pthread_create(&j->th, NULL, job_main, j))
+		return -1;
+	j->running = 1;
+	return 0;
+}
+
+/* 1 once, when a started job has ended (joined) */
+static int job_finished(job *j)
+{
+	if (!j->running || !atomic_load(&j->done))
+		return 0;
+	pthread_join(j->th, NULL);
+	j->running = 0;
+	return 1;
+}
+
+static void job_wait(job *j)
+{
+	if (j->running)
+		pthread_join(j->th, NULL);
+	j->running = 0;
+}
+
 typedef struct evaluator {
 	const model *m;
 	eval_cache *ec;
 	int *calib;
-	pthread_t th;
-	int running;
-	atomic_int done;
+	job j;
 	quant_plan plan;
 	wb_eval res;
 	int rc;
@@ -84,21 +127,14 @@ static int ev_prepare(evaluator *e, qs_error *err)
 	return 0;
 }
 
-static void ev_run(evaluator *e)
+static void ev_run(void *arg)
 {
+	evaluator *e = arg;
 	qs_error err = { 0 };
 	e->rc = ev_prepare(e, &err);
 	if (!e->rc)
 		e->rc = wb_evaluate(e->m, e->ec, &e->plan, e->calib, t_calib_n, 512, &e->res, &err);
 	snprintf(e->err, sizeof(e->err), "%s", e->rc ? err.msg : "");
-}
-
-static void *ev_thread(void *arg)
-{
-	evaluator *e = arg;
-	ev_run(e);
-	atomic_store(&e->done, 1);
-	return NULL;
 }
 
 /* start an evaluation of the current plan (a terminal: on a thread) */
@@ -114,22 +150,18 @@ static int ev_start(evaluator *e, wb *w, int threaded)
 		wb_set_eval(w, &e->res, e->rc ? e->err : NULL);
 		return 0;
 	}
-	atomic_store(&e->done, 0);
-	if (pthread_create(&e->th, NULL, ev_thread, e)) {
+	if (job_start(&e->j, ev_run, e)) {
 		wb_set_eval(w, NULL, "cannot start a thread");
 		return -1;
 	}
-	e->running = 1;
 	return 0;
 }
 
 /* a finished threaded evaluation: show it */
 static int ev_poll(evaluator *e, wb *w)
 {
-	if (!e->running || !atomic_load(&e->done))
+	if (!job_finished(&e->j))
 		return 0;
-	pthread_join(e->th, NULL);
-	e->running = 0;
 	wb_set_eval(w, &e->res, e->rc ? e->err : NULL);
 	return 1;
 }
@@ -139,16 +171,15 @@ static int ev_poll(evaluator *e, wb *w)
 
 typedef struct calibrator {
 	const model *m;
-	pthread_t th;
-	int running;
-	atomic_int done;
+	job j;
 	calib_set *set;
 	int rc;
 	char err[512];
 } calibrator;
 
-static void cal_run(calibrator *k)
+static void cal_run(void *arg)
 {
+	calibrator *k = arg;
 	qs_error err = { 0 };
 	char *text = NULL, dir[1024];
 	size_t len;
@@ -167,14 +198,6 @@ static void cal_run(calibrator *k)
 	snprintf(k->err, sizeof(k->err), "%s", k->rc ? err.msg : "");
 }
 
-static void *cal_thread(void *arg)
-{
-	calibrator *k = arg;
-	cal_run(k);
-	atomic_store(&k->done, 1);
-	return NULL;
-}
-
 static void cal_start(calibrator *k, wb *w, int threaded)
 {
 	wb_set_calib_busy(w, 1, NULL);
@@ -186,20 +209,14 @@ static void cal_start(calibrator *k, wb *w, int threaded)
 			wb_set_calib(w, k->set);
 		return;
 	}
-	atomic_store(&k->done, 0);
-	if (pthread_create(&k->th, NULL, cal_thread, k)) {
+	if (job_start(&k->j, cal_run, k))
 		wb_set_calib_busy(w, 0, "cannot start a thread");
-		return;
-	}
-	k->running = 1;
 }
 
 static int cal_poll(calibrator *k, wb *w)
 {
-	if (!k->running || !atomic_load(&k->done))
+	if (!job_finished(&k->j))
 		return 0;
-	pthread_join(k->th, NULL);
-	k->running = 0;
 	if (k->rc)
 		wb_set_calib_busy(w, 0, k->err);
 	else
@@ -209,15 +226,13 @@ static int cal_poll(calibrator *k, wb *w)
 
 static void cal_release(calibrator *k)
 {
-	if (k->running)
-		pthread_join(k->th, NULL);
+	job_wait(&k->j);
 	calib_set_free(k->set);
 }
 
 static void ev_release(evaluator *e)
 {
-	if (e->running)
-		pthread_join(e->th, NULL);
+	job_wait(&e->j);
 	eval_cache_free(e->ec);
 	free(e->calib);
 	quant_plan_release(&e->plan);
@@ -379,12 +394,12 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal)
 			redraw = 1;
 		if (cal_poll(cal, w))
 			redraw = 1;
-		if (!cal->running && wb_want_calib(w)) {
+		if (!cal->j.running && wb_want_calib(w)) {
 			cal_start(cal, w, 1);
 			redraw = 1;
 		}
 		/* debounced: a burst of keys gives one evaluation of its result */
-		if (ev && !ev->running && wb_dirty(w) && now_s() - last_key > 0.15) {
+		if (ev && !ev->j.running && wb_dirty(w) && now_s() - last_key > 0.15) {
 			ev_start(ev, w, 1);
 			redraw = 1;
 		}
