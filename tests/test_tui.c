@@ -234,6 +234,32 @@ static void test_detail(void **s)
 	unsetenv("QSCOPE_CACHE");
 }
 
+/* The policy picker lists the bundled policies; applying one replaces the
+ * plan (undo brings the old one back); a failing policy shows its error in
+ * place with file and line. */
+static void test_policy_picker(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen("100x30", "p", &rc);
+	assert_non_null(strstr(scr, "lua/policies/keep_ends.lua"));
+	assert_non_null(strstr(scr, "lua/policies/uniform.lua"));
+	free(scr);
+	/* uniform.lua (the last in sorted order): int4g128 on the 56 block linears */
+	scr = screen("100x30", "p<End>jjjj<Enter>", &rc);
+	assert_non_null(strstr(scr, "policy lua/policies/uniform.lua: 56 tensors"));
+	assert_non_null(strstr(scr, "plan: 56 quantized (4.250 bpw)"));
+	free(scr);
+	scr = screen("100x30", "pjjjj<Enter>u", &rc);
+	assert_non_null(strstr(scr, "plan: 0 quantized"));
+	free(scr);
+	/* outlier_aware.lua reads t.stats.input, which is nil before calibration */
+	scr = screen("100x30", "pjjj<Enter>", &rc);
+	assert_non_null(strstr(scr, "error: outlier_aware.lua:"));
+	assert_non_null(strstr(scr, "press Esc, then c"));
+	free(scr);
+}
+
 /* The live evaluation after an edit equals `qscope quant` on the same plan
  * and chunks (eval_compare from scratch, not the workbench's cache). */
 static void test_live_eval(void **s)
@@ -311,6 +337,7 @@ int main(void)
 		cmocka_unit_test(test_group_cycle),
 		cmocka_unit_test(test_help_sort_small),
 		cmocka_unit_test(test_detail),
+		cmocka_unit_test(test_policy_picker),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),
 	};

@@ -4,6 +4,7 @@
  * final screen as text. */
 #define _XOPEN_SOURCE_EXTENDED 1
 #include <curses.h>
+#include <glob.h>
 #include <locale.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -18,7 +19,7 @@
 #include "workbench.h"
 
 static common co;
-static const char *t_sens, *t_recipe, *t_keys, *t_eval = "data/wikitext-2-test.txt";
+static const char *t_sens, *t_recipe, *t_keys, *t_policy, *t_eval = "data/wikitext-2-test.txt";
 static int t_chunks = 8, t_noeval, t_calib_n = 16, t_stats_n = 128;
 
 static const opt o_tui[] = {
@@ -26,6 +27,7 @@ static const opt o_tui[] = {
 	{ "-z", "--tokenizer", OPT_STR, &co.tokenizer, "FILE", "llama2.c tokenizer.bin" },
 	{ NULL, "--sens", OPT_STR, &t_sens, "FILE", "sensitivity results to show (qscope sensitivity -o)" },
 	{ NULL, "--recipe", OPT_STR, &t_recipe, "FILE", "start from a saved plan" },
+	{ NULL, "--policy", OPT_STR, &t_policy, "FILE.lua", "offer this policy first in the p picker (besides lua/policies/*.lua)" },
 	{ NULL, "--keys", OPT_STR, &t_keys, "SCRIPT", "headless: keys to run, e.g. 'jj<Space>mb' (<Up> <Down> <PgUp> <PgDn> <Home> <End> <Enter> <Esc> <Space> <BS> <F1> <C-r>)" },
 	{ NULL, "--eval", OPT_STR, &t_eval, "TEXT", "quick-evaluation text (default data/wikitext-2-test.txt)" },
 	{ NULL, "--chunks", OPT_INT, &t_chunks, "N", "quick-evaluation chunks of 512 (default 8)" },
@@ -446,6 +448,15 @@ int cmd_tui(int argc, char **argv)
 		fprintf(stderr, "qscope tui: %s\n", err.msg);
 		rc = EXIT_INPUT;
 		goto out;
+	}
+	if (t_policy)
+		wb_add_policy(w, t_policy);
+	{ /* the bundled policies, sorted */
+		glob_t g;
+		if (glob("lua/policies/*.lua", 0, NULL, &g) == 0)
+			for (size_t i = 0; i < g.gl_pathc; i++)
+				wb_add_policy(w, g.gl_pathv[i]);
+		globfree(&g);
 	}
 	if (t_recipe) {
 		quant_plan p;

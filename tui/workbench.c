@@ -9,6 +9,7 @@
 
 #include "../engine/calib.h"
 #include "../engine/eval.h"
+#include "../lua/policy.h"
 
 #define WB_MIN_W 60
 #define WB_MIN_H 10
@@ -32,7 +33,7 @@ enum { SORT_MODEL, SORT_PARAMS, SORT_BPW, SORT_KURT, SORT_SENS, SORT_N };
 static const char *const sort_names[SORT_N] = { "model order", "params", "bits/weight",
 						 "weight kurtosis", "sensitivity" };
 
-enum { MODE_TABLE, MODE_HELP, MODE_FILTER };
+enum { MODE_TABLE, MODE_HELP, MODE_FILTER, MODE_POLICY };
 
 struct wb {
 	const model *m;
@@ -62,6 +63,10 @@ struct wb {
 	char calib_err[256];
 	int ws_row;        /* row whose weight statistics are in ws, or -1 */
 	calib_stats ws;
+	/* the policy picker */
+	char **pol;        /* (n_pol) paths */
+	int n_pol, pol_cur;
+	char pol_err[512], pol_log[256];
 };
 
 static const wb_keydef keydefs[] = {
@@ -81,6 +86,7 @@ static const wb_keydef keydefs[] = {
 	{ "o", "cycle the sort: model order, params, bits/weight, kurtosis, sensitivity" },
 	{ "Enter", "show / hide the detail pane: histograms of the weights and inputs" },
 	{ "c", "calibrate (input statistics for the detail pane; cached on disk)" },
+	{ "p", "apply a Lua policy (picker; its errors are shown there)" },
 	{ "?, F1", "this help (any key returns)" },
 	{ "q", "quit" },
 };
@@ -243,6 +249,9 @@ void wb_free(wb *w)
 		regfree(&w->re);
 	if (w->ws_row >= 0)
 		calib_stats_release(&w->ws);
+	for (int i = 0; i < w->n_pol; i++)
+		free(w->pol[i]);
+	free(w->pol);
 	free(w->rows);
 	free(w->view);
 	free(w->undo);
@@ -379,6 +388,51 @@ void wb_set_calib_busy(wb *w, int busy, const char *err_msg)
 {
 	w->calib_busy = busy;
 	snprintf(w->calib_err, sizeof(w->calib_err), "%s", err_msg ? err_msg : "");
+}
+
+/* ------------------------------------------------------------ policies */
+
+int wb_add_policy(wb *w, const char *path)
+{
+	char **n = realloc(w->pol, sizeof(char *) * (size_t)(w->n_pol + 1));
+	if (!n)
+		return -1;
+	w->pol = n;
+	if (!(w->pol[w->n_pol] = strdup(path)))
+		return -1;
+	w->n_pol++;
+	return 0;
+}
+
+static void pol_log(void *user, const char *line)
+{
+	wb *w = user;
+	snprintf(w->pol_log, sizeof(w->pol_log), "%s", line);
+}
+
+/* run the picked policy: its plan replaces the current one (undo restores
+ * it); an error stays in the picker */
+static void apply_policy(wb *w)
+{
+	if (w->pol_cur < 0 || w->pol_cur >= w->n_pol)
+		return;
+	const char *path = w->pol[w->pol_cur];
+	pol_opts o = { .calib = w->calib, .sens = w->sens, .log = pol_log, .user = w };
+	pol_result r;
+	qs_error e = { 0 };
+	w->pol_log[0] = 0;
+	if (pol_run_file(w->m, path, &o, &r, &e) || wb_set_plan(w, &r.plan, &e)) {
+		snprintf(w->pol_err, sizeof(w->pol_err), "%s", e.msg);
+		pol_result_release(&r);
+		return;
+	}
+	snprintf(w->status, sizeof(w->status), "policy %s: %d tensors%s%.150s", path, r.plan.n,
+		 w->pol_log[0] ? "; " : "", w->pol_log);
+	pol_result_release(&r);
+	w->pol_err[0] = 0;
+	w->mode = MODE_TABLE;
+	if (w->sort != SORT_MODEL)
+		rebuild_view(w);
 }
 
 /* ------------------------------------------------------------ editing */
@@ -548,6 +602,17 @@ int wb_key(wb *w, int key)
 		w->mode = MODE_TABLE;
 		return WB_REDRAW;
 	}
+	if (w->mode == MODE_POLICY) {
+		if (key == WB_KEY_ESC || key == 'q')
+			w->mode = MODE_TABLE;
+		else if ((key == 'j' || key == WB_KEY_DOWN) && w->pol_cur + 1 < w->n_pol)
+			w->pol_cur++;
+		else if ((key == 'k' || key == WB_KEY_UP) && w->pol_cur > 0)
+			w->pol_cur--;
+		else if (key == WB_KEY_ENTER)
+			apply_policy(w);
+		return WB_REDRAW;
+	}
 	if (w->mode == MODE_FILTER) {
 		size_t n = strlen(w->input);
 		if (key == WB_KEY_ENTER) {
@@ -634,6 +699,10 @@ int wb_key(wb *w, int key)
 		break;
 	case '?': case WB_KEY_F1: w->mode = MODE_HELP; break;
 	case WB_KEY_ENTER: w->detail = !w->detail; break;
+	case 'p':
+		w->mode = MODE_POLICY;
+		w->pol_err[0] = 0;
+		break;
 	case 'c':
 		if (w->calib)
 			snprintf(w->status, sizeof(w->status), "calibration statistics are loaded");
@@ -804,6 +873,25 @@ void wb_draw(wb *w, tui_canvas *c)
 	}
 	if (w->mode == MODE_HELP) {
 		draw_help(w, c);
+		return;
+	}
+	if (w->mode == MODE_POLICY) {
+		tui_put(c, 0, 0, 0, TUI_BOLD, "apply a Lua policy: j/k choose, Enter apply, Esc back");
+		if (!w->n_pol)
+			tui_put(c, 2, 2, 0, TUI_DIM, "no policies found (lua/policies/*.lua, or --policy FILE)");
+		for (int i = 0; i < w->n_pol && i + 2 < c->h - 4; i++)
+			tui_putf(c, i + 2, 0, 0, i == w->pol_cur ? TUI_REVERSE : TUI_NORMAL, "  %s",
+				 w->pol[i]);
+		if (w->pol_err[0]) {
+			int y = w->n_pol + 3 < c->h - 3 ? w->n_pol + 3 : c->h - 3;
+			tui_put(c, y, 0, 0, TUI_BOLD, "error:");
+			tui_put(c, y, 7, 0, TUI_HEAT0 + 4, w->pol_err);
+			if ((int)strlen(w->pol_err) > c->w - 7) /* the rest on the next line */
+				tui_put(c, y + 1, 7, 0, TUI_HEAT0 + 4, w->pol_err + (c->w - 7));
+			if (!w->calib)
+				tui_put(c, y + 2, 7, 0, TUI_DIM,
+					"(t.stats.input is nil until the workbench has calibrated: press Esc, then c)");
+		}
 		return;
 	}
 	const model *m = w->m;

@@ -67,6 +67,9 @@ void wb_set_calib(wb *w, const calib_set *cs);
 int wb_want_calib(wb *w);
 void wb_set_calib_busy(wb *w, int busy, const char *err_msg);
 
+/* Lua policies offered by the `p` picker (paths copied). */
+int wb_add_policy(wb *w, const char *path);
+
 /* The key table (also the help screen and `qscope tui --help`). */
 typedef struct wb_keydef {
 	const char *keys;  /* as shown: "j, Down" */
