@@ -28,6 +28,7 @@ static int setup(void **state)
 	bin = getenv("QSCOPE_BIN");
 	if (!bin)
 		bin = "build/qscope";
+	setenv("QSCOPE_STATE", tu_tmppath("state"), 1); /* sessions of these runs stay here */
 	qs_error err = { 0 };
 	return model_open(tu_shared("models/debdoc-19m-f16.gguf"), NULL, &m, &err);
 }
@@ -53,7 +54,7 @@ static char *screen_opts(const char *size, const char *keys, const char *opts, i
 
 static char *screen(const char *size, const char *keys, int *rc)
 {
-	return screen_opts(size, keys, "--no-eval", rc);
+	return screen_opts(size, keys, "--no-eval --fresh", rc);
 }
 
 /* the line of the screen that mentions name (a copy), or NULL */
@@ -208,13 +209,13 @@ static void test_detail(void **s)
 	snprintf(want, sizeof(want), "weights  absmax %.4g ", amax);
 	int rc;
 	setenv("QSCOPE_CACHE", tu_tmppath("cache"), 1);
-	char *scr = screen_opts("100x40", "/blk.3.ffn_down<Enter><Enter>", "--no-eval", &rc);
+	char *scr = screen_opts("100x40", "/blk.3.ffn_down<Enter><Enter>", "--no-eval --fresh", &rc);
 	assert_int_equal(rc, 0);
 	if (!strstr(scr, want))
 		fail_msg("no '%s' in:\n%s", want, scr);
 	assert_non_null(strstr(scr, "press c to calibrate"));
 	free(scr);
-	scr = screen_opts("100x40", "c/blk.3.ffn_down<Enter><Enter>", "--no-eval --stats-samples 4", &rc);
+	scr = screen_opts("100x40", "c/blk.3.ffn_down<Enter><Enter>", "--no-eval --fresh --stats-samples 4", &rc);
 	assert_int_equal(rc, 0);
 	const char *in = strstr(scr, "inputs   absmax ");
 	assert_non_null(in);
@@ -260,13 +261,40 @@ static void test_policy_picker(void **s)
 	free(scr);
 }
 
+/* The plan survives a quit: the next start restores it (the file is
+ * written after every change), --fresh starts empty. */
+static void test_session(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen_opts("100x30", "/ffn_down<Enter>Af", "--no-eval", &rc);
+	assert_non_null(strstr(scr, "plan: 8 quantized (4.500 bpw)"));
+	free(scr);
+	scr = screen_opts("100x30", "", "--no-eval", &rc);
+	assert_non_null(strstr(scr, "plan: 8 quantized (4.500 bpw)"));
+	assert_non_null(strstr(scr, "last session's plan restored: 8 tensors"));
+	free(scr);
+	scr = screen_opts("100x30", "", "--no-eval --fresh", &rc);
+	assert_non_null(strstr(scr, "plan: 0 quantized"));
+	free(scr);
+	/* a damaged session file: a warning, an empty plan, no failure */
+	char cmd[1024];
+	snprintf(cmd, sizeof(cmd), "for f in %s/session-*.json; do echo '{\"qscope_recipe\": 1, \"tensors\": 5}' > $f; done",
+		 getenv("QSCOPE_STATE"));
+	assert_int_equal(tu_run(cmd, NULL, NULL), 0);
+	scr = screen_opts("100x30", "", "--no-eval", &rc);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(scr, "plan: 0 quantized"));
+	free(scr);
+}
+
 /* The live evaluation after an edit equals `qscope quant` on the same plan
  * and chunks (eval_compare from scratch, not the workbench's cache). */
 static void test_live_eval(void **s)
 {
 	(void)s;
 	int rc;
-	char *scr = screen_opts("100x30", "/ffn_down<Enter>Af", "--chunks 4", &rc);
+	char *scr = screen_opts("100x30", "/ffn_down<Enter>Af", "--fresh --chunks 4", &rc);
 	assert_int_equal(rc, 0);
 	const char *e = strstr(scr, "eval 4 chunks: FP ");
 	assert_non_null(e);
@@ -303,9 +331,9 @@ static void test_tmux(void **s)
 	char sock[512];
 	snprintf(sock, sizeof(sock), "%s", tu_tmppath("tmux.sock"));
 	snprintf(cmd, sizeof(cmd),
-		 "tmux -S %s new-session -d -x 100 -y 30 'cd %s && %s tui --chunks 2 -m %s' && sleep 2 && "
+		 "tmux -S %s new-session -d -x 100 -y 30 'cd %s && QSCOPE_STATE=%s %s tui --chunks 2 -m %s' && sleep 2 && "
 		 "tmux -S %s send-keys j j Space m && sleep 6 && tmux -S %s capture-pane -p",
-		 sock, getenv("PWD") ? getenv("PWD") : ".", bin,
+		 sock, getenv("PWD") ? getenv("PWD") : ".", tu_tmppath("tmux-state"), bin,
 		 tu_shared("models/debdoc-19m-f16.gguf"), sock, sock);
 	int rc = tu_run(cmd, tu_tmppath("tmux.err"), &out);
 	assert_int_equal(rc, 0);
@@ -338,6 +366,7 @@ int main(void)
 		cmocka_unit_test(test_help_sort_small),
 		cmocka_unit_test(test_detail),
 		cmocka_unit_test(test_policy_picker),
+		cmocka_unit_test(test_session),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),
 	};

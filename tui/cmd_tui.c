@@ -20,7 +20,7 @@
 
 static common co;
 static const char *t_sens, *t_recipe, *t_keys, *t_policy, *t_eval = "data/wikitext-2-test.txt";
-static int t_chunks = 8, t_noeval, t_calib_n = 16, t_stats_n = 128;
+static int t_fresh, t_chunks = 8, t_noeval, t_calib_n = 16, t_stats_n = 128;
 
 static const opt o_tui[] = {
 	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
@@ -33,6 +33,7 @@ static const opt o_tui[] = {
 	{ NULL, "--chunks", OPT_INT, &t_chunks, "N", "quick-evaluation chunks of 512 (default 8)" },
 	{ NULL, "--calib-samples", OPT_INT, &t_calib_n, "N", "calibration windows of 512 for GPTQ/AWQ plans in the quick evaluation (default 16)" },
 	{ NULL, "--stats-samples", OPT_INT, &t_stats_n, "N", "calibration windows of 512 for the detail pane's input statistics (default 128, as qscope stats: they share the cache)" },
+	{ NULL, "--fresh", OPT_FLAG, &t_fresh, NULL, "do not restore the last session's plan for this model" },
 	{ NULL, "--no-eval", OPT_FLAG, &t_noeval, NULL, "no live evaluation" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
@@ -240,6 +241,52 @@ static void ev_release(evaluator *e)
 	quant_plan_release(&e->plan);
 }
 
+/* ---- the session: the plan is saved (atomically) after every change to
+ * $QSCOPE_STATE, else $XDG_STATE_HOME/qscope, else ~/.local/state/qscope,
+ * one file per model, and restored on the next start */
+
+static int session_path(const model *m, char *buf, size_t cap)
+{
+	const char *d = getenv("QSCOPE_STATE"), *x = getenv("XDG_STATE_HOME"), *h = getenv("HOME");
+	char dir[900];
+	if (d && *d)
+		snprintf(dir, sizeof(dir), "%s", d);
+	else if (x && *x == '/')
+		snprintf(dir, sizeof(dir), "%s/qscope", x);
+	else if (h && *h)
+		snprintf(dir, sizeof(dir), "%s/.local/state/qscope", h);
+	else
+		return -1;
+	calib_opts o;
+	calib_opts_default(&o);
+	snprintf(buf, cap, "%s/session-%016llx.json", dir,
+		 (unsigned long long)calib_key(m, "", 0, &o));
+	return 0;
+}
+
+typedef struct session {
+	char path[1024];
+	int on;
+	unsigned saved;    /* plan version last saved */
+} session;
+
+static void session_save(session *ss, wb *w, const model *m)
+{
+	if (!ss->on || wb_plan_version(w) == ss->saved)
+		return;
+	quant_plan p;
+	qs_error err = { 0 };
+	if (wb_plan(w, &p, &err))
+		return;
+	if (calib_make_parents(ss->path, &err) ||
+	    quant_plan_save(ss->path, m, &p, "qscope tui session", &err)) {
+		ss->on = 0; /* say it once, then stop trying */
+		fprintf(stderr, "qscope tui: session not saved: %s\n", err.msg);
+	}
+	quant_plan_release(&p);
+	ss->saved = wb_plan_version(w);
+}
+
 /* the next key of a script, advancing *s; -1 at the end or on a bad name */
 static int script_key(const char **s, char *bad, size_t cap)
 {
@@ -266,7 +313,8 @@ static int script_key(const char **s, char *bad, size_t cap)
 	return (unsigned char)*(*s)++;
 }
 
-static int run_headless(wb *w, evaluator *ev, calibrator *cal, const char *size, const char *keys)
+static int run_headless(wb *w, evaluator *ev, calibrator *cal, session *ss, const char *size,
+			const char *keys)
 {
 	int cw = 80, ch = 24;
 	if (sscanf(size, "%dx%d", &cw, &ch) != 2 || cw < 1 || ch < 1 || cw > 1000 || ch > 1000) {
@@ -293,6 +341,7 @@ static int run_headless(wb *w, evaluator *ev, calibrator *cal, const char *size,
 			cal_start(cal, w, 0);
 		if (ev && wb_dirty(w))
 			ev_start(ev, w, 0);
+		session_save(ss, w, ev ? ev->m : cal->m);
 		wb_draw(w, &c);
 		if (r & WB_QUIT)
 			break;
@@ -359,7 +408,7 @@ static double now_s(void)
 	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static int run_curses(wb *w, evaluator *ev, calibrator *cal)
+static int run_curses(wb *w, evaluator *ev, calibrator *cal, session *ss)
 {
 	if (!isatty(0) || !isatty(1)) {
 		fprintf(stderr, "qscope tui: needs a terminal (or QSCOPE_HEADLESS=80x24 with --keys)\n");
@@ -401,6 +450,7 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal)
 			redraw = 1;
 		}
 		/* debounced: a burst of keys gives one evaluation of its result */
+		session_save(ss, w, cal->m);
 		if (ev && !ev->j.running && wb_dirty(w) && now_s() - last_key > 0.15) {
 			ev_start(ev, w, 1);
 			redraw = 1;
@@ -458,6 +508,25 @@ int cmd_tui(int argc, char **argv)
 				wb_add_policy(w, g.gl_pathv[i]);
 		globfree(&g);
 	}
+	session ss = { 0 };
+	ss.on = session_path(m, ss.path, sizeof(ss.path)) == 0;
+	if (!t_recipe && !t_fresh && ss.on && access(ss.path, R_OK) == 0) {
+		quant_plan p;
+		int r2 = quant_plan_load(ss.path, m, &p, &err);
+		int n = 0;
+		if (!r2) {
+			n = p.n;
+			r2 = wb_set_plan(w, &p, &err);
+			quant_plan_release(&p);
+		}
+		if (r2) { /* a damaged session is not fatal: start empty */
+			fprintf(stderr, "qscope tui: session not restored: %s\n", err.msg);
+		} else {
+			char msg[200];
+			snprintf(msg, sizeof(msg), "last session's plan restored: %d tensors (--fresh starts empty)", n);
+			wb_status(w, msg);
+		}
+	}
 	if (t_recipe) {
 		quant_plan p;
 		int r2 = quant_plan_load(t_recipe, m, &p, &err);
@@ -475,10 +544,10 @@ int cmd_tui(int argc, char **argv)
 	calibrator cal = { .m = m };
 	const char *hl = getenv("QSCOPE_HEADLESS");
 	if (hl && *hl)
-		rc = run_headless(w, t_noeval ? NULL : &ev, &cal, hl,
+		rc = run_headless(w, t_noeval ? NULL : &ev, &cal, &ss, hl,
 				  t_keys ? t_keys : getenv("QSCOPE_KEYS"));
 	else
-		rc = run_curses(w, t_noeval ? NULL : &ev, &cal);
+		rc = run_curses(w, t_noeval ? NULL : &ev, &cal, &ss);
 	ev_release(&ev);
 	cal_release(&cal);
 out:

@@ -52,6 +52,7 @@ struct wb {
 	int page;          /* rows per page at the last draw */
 	char status[256];
 	int dirty;         /* plan changed since wb_take_plan */
+	unsigned version;  /* plan changes so far */
 	int busy;          /* an evaluation is running */
 	int have_eval;
 	wb_eval ev;
@@ -122,6 +123,7 @@ static void snapshot(wb *w)
 	w->undo_pos = w->n_undo;
 	w->n_undo++;
 	w->dirty = 1;
+	w->version++;
 }
 
 static void restore(wb *w, int pos)
@@ -130,6 +132,7 @@ static void restore(wb *w, int pos)
 		w->rows[i].sp = w->undo[(size_t)pos * w->n + i];
 	w->undo_pos = pos;
 	w->dirty = 1;
+	w->version++;
 }
 
 /* ------------------------------------------------------------ view */
@@ -288,6 +291,16 @@ int wb_plan(const wb *w, quant_plan *out, qs_error *err)
 }
 
 /* ------------------------------------------------------------ evaluation */
+
+void wb_status(wb *w, const char *msg)
+{
+	snprintf(w->status, sizeof(w->status), "%s", msg);
+}
+
+unsigned wb_plan_version(const wb *w)
+{
+	return w->version;
+}
 
 int wb_dirty(const wb *w)
 {

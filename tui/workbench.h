@@ -37,6 +37,8 @@ int wb_set_plan(wb *w, const quant_plan *p, qs_error *err);
 /* The current plan (caller releases with quant_plan_release). */
 int wb_plan(const wb *w, quant_plan *out, qs_error *err);
 int wb_key(wb *w, int key);
+/* A message for the status line. */
+void wb_status(wb *w, const char *msg);
 void wb_draw(wb *w, tui_canvas *c);
 
 /* ---- live evaluation: after a change the plan is quantized and evaluated
@@ -53,6 +55,8 @@ typedef struct wb_eval {
  * plans that need calibration (GPTQ, AWQ, ...). */
 int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *calib,
 		int n_calib, int calib_len, wb_eval *out, qs_error *err);
+/* A counter that grows with every change of the plan (for saving). */
+unsigned wb_plan_version(const wb *w);
 /* Has the plan changed since the last wb_take_plan? */
 int wb_dirty(const wb *w);
 /* A copy of the plan to evaluate; clears the dirty flag. */
