@@ -261,6 +261,34 @@ static void test_policy_picker(void **s)
 	free(scr);
 }
 
+/* E: the full evaluation's figures are those of qscope quant on the same
+ * plan and chunks; r lists them */
+static void test_full_eval(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen_opts("100x30", "/ffn_down<Enter>AfEr", "--no-eval --fresh --full-chunks 3", &rc);
+	assert_int_equal(rc, 0);
+	const char *h = strstr(scr, "  1       3 ");
+	assert_non_null(h);
+	double bpw, ppl, base, kld;
+	assert_int_equal(sscanf(h, "  1 3 %lf %lf %lf %lf", &bpw, &ppl, &base, &kld), 4);
+	assert_non_null(strstr(h, "8 x q4_0"));
+	free(scr);
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --spec q4_0 --include ffn_down --chunks 3 --kld --json",
+		 bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
+	const char *p;
+	assert_non_null(p = strstr(out, "\"ppl\": "));
+	double qppl = strtod(p + 7, NULL);
+	assert_non_null(p = strstr(out, "\"kld_mean\": "));
+	double qkld = strtod(p + 12, NULL);
+	assert_true(fabs(ppl - qppl) < 6e-4 && fabs(kld - qkld) < 6e-6);
+	assert_true(fabs(bpw - 4.5) < 1e-9);
+	free(out);
+}
+
 /* The plan survives a quit: the next start restores it (the file is
  * written after every change), --fresh starts empty. */
 static void test_session(void **s)
@@ -327,7 +355,7 @@ static void test_tmux(void **s)
 	(void)s;
 	if (system("command -v tmux > /dev/null 2>&1") != 0)
 		skip();
-	char cmd[2048], *out = NULL;
+	char cmd[4096], *out = NULL;
 	char sock[512];
 	snprintf(sock, sizeof(sock), "%s", tu_tmppath("tmux.sock"));
 	snprintf(cmd, sizeof(cmd),
@@ -344,6 +372,23 @@ static void test_tmux(void **s)
 	free(l);
 	if (!strstr(out, "eval 2 chunks: FP "))
 		fail_msg("no evaluation on the screen:\n%s", out);
+	free(out);
+	/* a full evaluation of the whole text (two minutes): its progress bar,
+	 * a resize meanwhile, then Esc cancels it and the plan is untouched */
+	snprintf(cmd, sizeof(cmd),
+		 "tmux -S %s send-keys E && sleep 3 && tmux -S %s resize-window -x 90 -y 26 && sleep 1 && "
+		 "tmux -S %s capture-pane -p && tmux -S %s send-keys Escape && sleep 3 && "
+		 "tmux -S %s capture-pane -p", sock, sock, sock, sock, sock);
+	rc = tu_run(cmd, tu_tmppath("tmux.err"), &out);
+	assert_int_equal(rc, 0);
+	if (!strstr(out, "full eval [") || !strstr(out, "Esc cancels"))
+		fail_msg("no progress bar:\n%s", out);
+	if (!strstr(out, "full evaluation: cancelled"))
+		fail_msg("not cancelled:\n%s", out);
+	l = line_of(strstr(out, "full evaluation: cancelled") ? out : out, "blk.0.attn_v.weight");
+	assert_non_null(l);
+	assert_non_null(strstr(l, "int4g128"));
+	free(l);
 	free(out);
 	/* q right after a change, while it is being evaluated: the session ends */
 	snprintf(cmd, sizeof(cmd),
@@ -367,6 +412,7 @@ int main(void)
 		cmocka_unit_test(test_detail),
 		cmocka_unit_test(test_policy_picker),
 		cmocka_unit_test(test_session),
+		cmocka_unit_test(test_full_eval),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),
 	};

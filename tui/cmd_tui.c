@@ -20,7 +20,7 @@
 
 static common co;
 static const char *t_sens, *t_recipe, *t_keys, *t_policy, *t_eval = "data/wikitext-2-test.txt";
-static int t_fresh, t_chunks = 8, t_noeval, t_calib_n = 16, t_stats_n = 128;
+static int t_full_chunks, t_fresh, t_chunks = 8, t_noeval, t_calib_n = 16, t_stats_n = 128;
 
 static const opt o_tui[] = {
 	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model (default " DEFAULT_MODEL ")" },
@@ -33,6 +33,7 @@ static const opt o_tui[] = {
 	{ NULL, "--chunks", OPT_INT, &t_chunks, "N", "quick-evaluation chunks of 512 (default 8)" },
 	{ NULL, "--calib-samples", OPT_INT, &t_calib_n, "N", "calibration windows of 512 for GPTQ/AWQ plans in the quick evaluation (default 16)" },
 	{ NULL, "--stats-samples", OPT_INT, &t_stats_n, "N", "calibration windows of 512 for the detail pane's input statistics (default 128, as qscope stats: they share the cache)" },
+	{ NULL, "--full-chunks", OPT_INT, &t_full_chunks, "N", "chunks of the full evaluation (E; default 0: the whole text)" },
 	{ NULL, "--fresh", OPT_FLAG, &t_fresh, NULL, "do not restore the last session's plan for this model" },
 	{ NULL, "--no-eval", OPT_FLAG, &t_noeval, NULL, "no live evaluation" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
@@ -101,6 +102,22 @@ typedef struct evaluator {
 	char err[512];
 } evaluator;
 
+/* t_calib_n windows of 512 from the default calibration text */
+static int sample_calib(const model *m, int **out, qs_error *err)
+{
+	char *text = NULL;
+	size_t len;
+	const char *cf = cli_default_calib();
+	if (cli_read_text(cf, &text, &len))
+		return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
+	calib_opts o;
+	calib_opts_default(&o);
+	o.n_samples = t_calib_n;
+	int rc = calib_sample_text(m, text, len, &o, out, NULL, err);
+	free(text);
+	return rc;
+}
+
 static int ev_prepare(evaluator *e, qs_error *err)
 {
 	if (!e->ec) {
@@ -113,20 +130,8 @@ static int ev_prepare(evaluator *e, qs_error *err)
 		if (!e->ec)
 			return err->code ? err->code : QS_ENOMEM;
 	}
-	if (!e->calib && quant_plan_needs_calib(&e->plan)) {
-		char *text = NULL;
-		size_t len;
-		const char *cf = cli_default_calib();
-		if (cli_read_text(cf, &text, &len))
-			return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
-		calib_opts o;
-		calib_opts_default(&o);
-		o.n_samples = t_calib_n;
-		int rc = calib_sample_text(e->m, text, len, &o, &e->calib, NULL, err);
-		free(text);
-		if (rc)
-			return rc;
-	}
+	if (!e->calib && quant_plan_needs_calib(&e->plan))
+		return sample_calib(e->m, &e->calib, err);
 	return 0;
 }
 
@@ -167,6 +172,105 @@ static int ev_poll(evaluator *e, wb *w)
 		return 0;
 	wb_set_eval(w, &e->res, e->rc ? e->err : NULL);
 	return 1;
+}
+
+/* ---- the full evaluation (E): eval_compare over the whole text (or
+ * --full-chunks), progress shared under a mutex, cancelled from the UI */
+
+typedef struct fuller {
+	const model *m;
+	job j;
+	quant_plan plan;
+	int *ids, *calib;
+	size_t n_ids;
+	pthread_mutex_t mu;
+	int done, total;
+	double ppl;
+	atomic_int cancel;
+	eval_cmp_result res;
+	int rc;
+	char err[512];
+} fuller;
+
+static int full_on_chunk(void *user, int chunk, int n, double running)
+{
+	fuller *f = user;
+	pthread_mutex_lock(&f->mu);
+	f->done = chunk + 1;
+	f->total = n;
+	f->ppl = running;
+	pthread_mutex_unlock(&f->mu);
+	return atomic_load(&f->cancel);
+}
+
+static void full_run(void *arg)
+{
+	fuller *f = arg;
+	qs_error err = { 0 };
+	model *qm = NULL;
+	f->rc = 0;
+	if (!f->ids && cli_tokenize_file(f->m, t_eval, &f->ids, &f->n_ids))
+		f->rc = qs_err(&err, QS_EIO, "%s: cannot read the evaluation text", t_eval);
+	if (!f->rc && !f->calib && quant_plan_needs_calib(&f->plan))
+		f->rc = sample_calib(f->m, &f->calib, &err);
+	quant_opts qo = { .calib = f->calib, .n_calib = t_calib_n, .calib_len = 512 };
+	if (!f->rc)
+		f->rc = quant_model(f->m, &f->plan, &qo, &qm, NULL, &err);
+	eval_ppl_opts eo = { .ctx = 512, .n_chunks = t_full_chunks, .on_chunk = full_on_chunk, .user = f };
+	if (!f->rc)
+		f->rc = eval_compare(f->m, qm, f->ids, f->n_ids, &eo, &f->res, &err);
+	model_free(qm);
+	snprintf(f->err, sizeof(f->err), "%s", f->rc == QS_ECANCEL ? "cancelled" : f->rc ? err.msg : "");
+}
+
+static void full_start(fuller *f, wb *w, int threaded)
+{
+	qs_error err = { 0 };
+	quant_plan_release(&f->plan);
+	if (wb_plan(w, &f->plan, &err)) {
+		wb_add_result(w, NULL, err.msg);
+		return;
+	}
+	atomic_store(&f->cancel, 0);
+	f->done = 0;
+	f->total = 0;
+	f->ppl = 0;
+	wb_set_full_progress(w, 1, 0, 0, 0);
+	if (!threaded) {
+		full_run(f);
+		wb_add_result(w, &f->res, f->rc ? f->err : NULL);
+		return;
+	}
+	if (job_start(&f->j, full_run, f))
+		wb_add_result(w, NULL, "cannot start a thread");
+}
+
+/* progress into the workbench; the result when it has ended */
+static int full_poll(fuller *f, wb *w)
+{
+	if (!f->j.running)
+		return 0;
+	if (wb_cancel_full(w))
+		atomic_store(&f->cancel, 1);
+	if (job_finished(&f->j)) {
+		wb_add_result(w, &f->res, f->rc ? f->err : NULL);
+		return 1;
+	}
+	pthread_mutex_lock(&f->mu);
+	int d = f->done, t = f->total;
+	double p = f->ppl;
+	pthread_mutex_unlock(&f->mu);
+	wb_set_full_progress(w, 1, d, t, p);
+	return 1;
+}
+
+static void full_release(fuller *f)
+{
+	atomic_store(&f->cancel, 1);
+	job_wait(&f->j);
+	quant_plan_release(&f->plan);
+	free(f->ids);
+	free(f->calib);
 }
 
 /* ---- calibration for the detail pane (the defaults of `qscope stats`, so
@@ -313,8 +417,8 @@ static int script_key(const char **s, char *bad, size_t cap)
 	return (unsigned char)*(*s)++;
 }
 
-static int run_headless(wb *w, evaluator *ev, calibrator *cal, session *ss, const char *size,
-			const char *keys)
+static int run_headless(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session *ss,
+			const char *size, const char *keys)
 {
 	int cw = 80, ch = 24;
 	if (sscanf(size, "%dx%d", &cw, &ch) != 2 || cw < 1 || ch < 1 || cw > 1000 || ch > 1000) {
@@ -339,6 +443,8 @@ static int run_headless(wb *w, evaluator *ev, calibrator *cal, session *ss, cons
 		int r = wb_key(w, k);
 		if (wb_want_calib(w))
 			cal_start(cal, w, 0);
+		if (wb_want_full(w))
+			full_start(fu, w, 0);
 		if (ev && wb_dirty(w))
 			ev_start(ev, w, 0);
 		session_save(ss, w, ev ? ev->m : cal->m);
@@ -408,7 +514,7 @@ static double now_s(void)
 	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static int run_curses(wb *w, evaluator *ev, calibrator *cal, session *ss)
+static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session *ss)
 {
 	if (!isatty(0) || !isatty(1)) {
 		fprintf(stderr, "qscope tui: needs a terminal (or QSCOPE_HEADLESS=80x24 with --keys)\n");
@@ -445,6 +551,12 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal, session *ss)
 			redraw = 1;
 		if (cal_poll(cal, w))
 			redraw = 1;
+		if (full_poll(fu, w))
+			redraw = 1;
+		if (!fu->j.running && wb_want_full(w)) {
+			full_start(fu, w, 1);
+			redraw = 1;
+		}
 		if (!cal->j.running && wb_want_calib(w)) {
 			cal_start(cal, w, 1);
 			redraw = 1;
@@ -542,12 +654,16 @@ int cmd_tui(int argc, char **argv)
 	}
 	evaluator ev = { .m = m };
 	calibrator cal = { .m = m };
+	fuller fu = { .m = m };
+	pthread_mutex_init(&fu.mu, NULL);
 	const char *hl = getenv("QSCOPE_HEADLESS");
 	if (hl && *hl)
-		rc = run_headless(w, t_noeval ? NULL : &ev, &cal, &ss, hl,
+		rc = run_headless(w, t_noeval ? NULL : &ev, &cal, &fu, &ss, hl,
 				  t_keys ? t_keys : getenv("QSCOPE_KEYS"));
 	else
-		rc = run_curses(w, t_noeval ? NULL : &ev, &cal, &ss);
+		rc = run_curses(w, t_noeval ? NULL : &ev, &cal, &fu, &ss);
+	full_release(&fu);
+	pthread_mutex_destroy(&fu.mu);
 	ev_release(&ev);
 	cal_release(&cal);
 out:

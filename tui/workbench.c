@@ -33,7 +33,15 @@ enum { SORT_MODEL, SORT_PARAMS, SORT_BPW, SORT_KURT, SORT_SENS, SORT_N };
 static const char *const sort_names[SORT_N] = { "model order", "params", "bits/weight",
 						 "weight kurtosis", "sensitivity" };
 
-enum { MODE_TABLE, MODE_HELP, MODE_FILTER, MODE_POLICY };
+enum { MODE_TABLE, MODE_HELP, MODE_FILTER, MODE_POLICY, MODE_HISTORY };
+
+#define WB_HISTORY 32
+
+typedef struct wb_result {
+	char what[96];     /* the plan, in short */
+	double bpw, base_ppl, ppl, kld, same_top;
+	int chunks;
+} wb_result;
 
 struct wb {
 	const model *m;
@@ -68,6 +76,11 @@ struct wb {
 	char **pol;        /* (n_pol) paths */
 	int n_pol, pol_cur;
 	char pol_err[512], pol_log[256];
+	/* full evaluation and the results history */
+	int want_full, cancel_full, full_running, full_done, full_total;
+	double full_ppl;
+	wb_result hist[WB_HISTORY];
+	int n_hist;
 };
 
 static const wb_keydef keydefs[] = {
@@ -88,6 +101,8 @@ static const wb_keydef keydefs[] = {
 	{ "Enter", "show / hide the detail pane: histograms of the weights and inputs" },
 	{ "c", "calibrate (input statistics for the detail pane; cached on disk)" },
 	{ "p", "apply a Lua policy (picker; its errors are shown there)" },
+	{ "E / Esc", "evaluate the plan on the whole text (progress bar) / cancel it" },
+	{ "r", "the results history: every full evaluation of this session" },
 	{ "?, F1", "this help (any key returns)" },
 	{ "q", "quit" },
 };
@@ -403,6 +418,91 @@ void wb_set_calib_busy(wb *w, int busy, const char *err_msg)
 	snprintf(w->calib_err, sizeof(w->calib_err), "%s", err_msg ? err_msg : "");
 }
 
+/* ------------------------------------------------------------ full evaluation */
+
+int wb_want_full(wb *w)
+{
+	int r = w->want_full;
+	w->want_full = 0;
+	return r;
+}
+
+int wb_cancel_full(const wb *w)
+{
+	return w->cancel_full;
+}
+
+void wb_set_full_progress(wb *w, int running, int done, int total, double running_ppl)
+{
+	w->full_running = running;
+	w->full_done = done;
+	w->full_total = total;
+	w->full_ppl = running_ppl;
+	if (!running)
+		w->cancel_full = 0;
+}
+
+/* "8 x gptq:int3g128 + 2 x q8_0" for the history */
+static void plan_summary(const wb *w, char *buf, size_t cap)
+{
+	char specs[8][64];
+	int counts[8] = { 0 }, n = 0, other = 0;
+	for (int i = 0; i < w->n; i++) {
+		if (!w->rows[i].sp.on)
+			continue;
+		char sp[64];
+		quant_spec_str(&w->rows[i].sp.s, sp, sizeof(sp));
+		int k = 0;
+		while (k < n && strcmp(specs[k], sp))
+			k++;
+		if (k == n && n < 8)
+			snprintf(specs[n++], sizeof(specs[0]), "%s", sp);
+		if (k < n)
+			counts[k]++;
+		else
+			other++;
+	}
+	size_t len = 0;
+	buf[0] = 0;
+	for (int k = 0; k < n && len + 1 < cap; k++)
+		len += (size_t)snprintf(buf + len, cap - len, "%s%d x %s", k ? " + " : "", counts[k], specs[k]);
+	if (other && len + 1 < cap)
+		snprintf(buf + len, cap - len, " + %d more", other);
+	if (!n)
+		snprintf(buf, cap, "unquantized");
+}
+
+void wb_add_result(wb *w, const eval_cmp_result *r, const char *err_msg)
+{
+	w->full_running = 0;
+	w->cancel_full = 0;
+	if (err_msg) {
+		snprintf(w->status, sizeof(w->status), "full evaluation: %s", err_msg);
+		return;
+	}
+	if (w->n_hist == WB_HISTORY)
+		memmove(w->hist, w->hist + 1, sizeof(w->hist[0]) * (WB_HISTORY - 1));
+	else
+		w->n_hist++;
+	wb_result *h = &w->hist[w->n_hist - 1];
+	plan_summary(w, h->what, sizeof(h->what));
+	size_t qb = 0, qp = 0;
+	for (int i = 0; i < w->n; i++)
+		if (w->rows[i].sp.on) {
+			qb += row_bytes(&w->rows[i]);
+			qp += row_params(&w->rows[i]);
+		}
+	h->bpw = qp ? 8.0 * (double)qb / (double)qp : 16;
+	h->base_ppl = r->base.ppl;
+	h->ppl = r->test.ppl;
+	h->kld = r->kld_mean;
+	h->same_top = r->same_top_pct;
+	h->chunks = r->test.chunks;
+	snprintf(w->status, sizeof(w->status),
+		 "full evaluation, %d chunks: ppl %.4f (unquantized %.4f), KLD %.5f, top %.1f%% (r: history)",
+		 h->chunks, h->ppl, h->base_ppl, h->kld, h->same_top);
+}
+
 /* ------------------------------------------------------------ policies */
 
 int wb_add_policy(wb *w, const char *path)
@@ -611,8 +711,13 @@ int wb_key(wb *w, int key)
 {
 	if (key == WB_KEY_RESIZE)
 		return WB_REDRAW;
-	if (w->mode == MODE_HELP) {
+	if (w->mode == MODE_HELP || w->mode == MODE_HISTORY) {
 		w->mode = MODE_TABLE;
+		return WB_REDRAW;
+	}
+	if (key == WB_KEY_ESC && w->full_running) {
+		w->cancel_full = 1;
+		snprintf(w->status, sizeof(w->status), "full evaluation: cancelling...");
 		return WB_REDRAW;
 	}
 	if (w->mode == MODE_POLICY) {
@@ -712,6 +817,13 @@ int wb_key(wb *w, int key)
 		break;
 	case '?': case WB_KEY_F1: w->mode = MODE_HELP; break;
 	case WB_KEY_ENTER: w->detail = !w->detail; break;
+	case 'E':
+		if (w->full_running)
+			snprintf(w->status, sizeof(w->status), "a full evaluation is running (Esc cancels)");
+		else
+			w->want_full = 1;
+		break;
+	case 'r': w->mode = MODE_HISTORY; break;
 	case 'p':
 		w->mode = MODE_POLICY;
 		w->pol_err[0] = 0;
@@ -888,6 +1000,18 @@ void wb_draw(wb *w, tui_canvas *c)
 		draw_help(w, c);
 		return;
 	}
+	if (w->mode == MODE_HISTORY) {
+		tui_put(c, 0, 0, 0, TUI_BOLD, "results history: full evaluations of this session (any key returns)");
+		tui_put(c, 2, 0, 0, TUI_BOLD, "  #  chunks   bpw      ppl   (unq.)      KLD   top %  plan");
+		if (!w->n_hist)
+			tui_put(c, 3, 2, 0, TUI_DIM, "none yet: E evaluates the current plan on the whole text");
+		for (int i = 0; i < w->n_hist && i + 3 < c->h; i++) {
+			const wb_result *h = &w->hist[i];
+			tui_putf(c, i + 3, 0, 0, TUI_NORMAL, "%3d  %6d %5.3f %8.3f %8.3f %8.5f %6.1f  %s", i + 1,
+				 h->chunks, h->bpw, h->ppl, h->base_ppl, h->kld, h->same_top, h->what);
+		}
+		return;
+	}
 	if (w->mode == MODE_POLICY) {
 		tui_put(c, 0, 0, 0, TUI_BOLD, "apply a Lua policy: j/k choose, Enter apply, Esc back");
 		if (!w->n_pol)
@@ -985,8 +1109,16 @@ void wb_draw(wb *w, tui_canvas *c)
 		 "plan: %d quantized (%.3f bpw)  model %.3f MB, %.3f bpw  selected %d", nq,
 		 qp ? 8.0 * (double)qb / (double)qp : 0.0, (double)tb / 1e6,
 		 tp ? 8.0 * (double)tb / (double)tp : 0.0, nsel);
-	/* the live evaluation */
-	if (w->ev_err[0])
+	/* the live evaluation, or the full one's progress */
+	if (w->full_running) {
+		int bw = c->w - 60 > 10 ? c->w - 60 : 10;
+		int fill = w->full_total ? (int)((double)bw * w->full_done / w->full_total) : 0;
+		tui_put(c, c->h - 3, 0, 0, TUI_BOLD, "full eval [");
+		for (int b = 0; b < bw; b++)
+			tui_put(c, c->h - 3, 11 + b, 1, TUI_BOLD, b < fill ? "\u2588" : "\u00b7");
+		tui_putf(c, c->h - 3, 11 + bw, 0, TUI_BOLD, "] %d/%d chunks, ppl %.3f  Esc cancels",
+			 w->full_done, w->full_total, w->full_ppl);
+	} else if (w->ev_err[0])
 		tui_putf(c, c->h - 3, 0, 0, TUI_BOLD, "eval: %s", w->ev_err);
 	else if (w->have_eval)
 		tui_putf(c, c->h - 3, 0, 0, TUI_BOLD,

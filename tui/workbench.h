@@ -71,6 +71,14 @@ void wb_set_calib(wb *w, const calib_set *cs);
 int wb_want_calib(wb *w);
 void wb_set_calib_busy(wb *w, int busy, const char *err_msg);
 
+/* ---- full evaluation on demand (E), with a progress bar; Esc cancels */
+int wb_want_full(wb *w);          /* E was pressed (once) */
+int wb_cancel_full(const wb *w);  /* Esc was pressed while it runs */
+void wb_set_full_progress(wb *w, int running, int done, int total, double running_ppl);
+/* a finished full evaluation (err_msg: it failed or was cancelled) goes to
+ * the results history (r) with the plan's description */
+void wb_add_result(wb *w, const eval_cmp_result *r, const char *err_msg);
+
 /* Lua policies offered by the `p` picker (paths copied). */
 int wb_add_policy(wb *w, const char *path);
 
