@@ -289,6 +289,53 @@ static void test_full_eval(void **s)
 	free(out);
 }
 
+/* Chat: the original column is what `qscope generate` samples with the same
+ * seed and settings; with nothing quantized both columns agree token for
+ * token; readline's history recalls the prompt; Esc on an empty line goes
+ * back to the table. */
+static void test_chat(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen("100x24", "CThe quick brown fox<Enter>", &rc);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(scr, "quantized chose the same 64 tokens as the original"));
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd), "%s generate -m %s -p 'The quick brown fox' -n 64 --temp 0.8 "
+		 "--top-k 40 --top-p 0.95 -s 42", bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("gen.err"), &out), 0);
+	/* the first line of the continuation, as wide as the left column */
+	const char *cont = out + strlen("The quick brown fox");
+	char want[48];
+	size_t k = 0;
+	while (k < 40 && cont[k] && cont[k] != '\n') {
+		want[k] = cont[k];
+		k++;
+	}
+	want[k] = 0;
+	if (!strstr(scr, want))
+		fail_msg("'%s' (qscope generate) not in the chat:\n%s", want, scr);
+	free(out);
+	free(scr);
+	/* a quantized plan: the header names it and the divergence is counted */
+	scr = screen("100x24", "/ffn<Enter>AfCThe quick brown fox<Enter>", &rc);
+	assert_non_null(strstr(scr, "quantized (24 x q4_0)"));
+	assert_non_null(strstr(scr, "quantized differs at "));
+	free(scr);
+	/* history, and back to the table */
+	scr = screen("100x24", "CHello<Enter>x<Esc><Up>", &rc);
+	assert_non_null(strstr(scr, "\n> Hello"));
+	free(scr);
+	scr = screen("100x24", "CHello<Enter><Esc>", &rc);
+	assert_non_null(strstr(scr, "58 tensors"));
+	free(scr);
+	/* Ctrl-C quits from inside the chat */
+	scr = screen("100x24", "CHi<C-c>never typed", &rc);
+	assert_int_equal(rc, 0);
+	assert_null(strstr(scr, "never typed"));
+	free(scr);
+}
+
 /* The plan survives a quit: the next start restores it (the file is
  * written after every change), --fresh starts empty. */
 static void test_session(void **s)
@@ -390,17 +437,31 @@ static void test_tmux(void **s)
 	assert_non_null(strstr(l, "int4g128"));
 	free(l);
 	free(out);
-	/* q right after a change, while it is being evaluated: the session ends */
+	/* a change, then the chat, and Ctrl-C while both models answer: the
+	 * session ends, and the next start has the changed plan */
 	snprintf(cmd, sizeof(cmd),
-		 "tmux -S %s send-keys b && sleep 0.3 && tmux -S %s send-keys q && sleep 4 && "
-		 "tmux -S %s has-session 2>/dev/null", sock, sock, sock);
+		 "tmux -S %s send-keys Escape b && sleep 0.5 && tmux -S %s send-keys C && sleep 0.5 && "
+		 "tmux -S %s send-keys -l 'The quick brown fox' && tmux -S %s send-keys Enter && "
+		 "sleep 0.3 && tmux -S %s send-keys C-c && sleep 3 && tmux -S %s has-session 2>/dev/null",
+		 sock, sock, sock, sock, sock, sock);
 	rc = tu_run(cmd, NULL, NULL);
 	if (rc == 0) { /* still there: do not leave it running */
 		snprintf(cmd, sizeof(cmd), "tmux -S %s kill-server", sock);
 		tu_run(cmd, NULL, NULL);
 	}
 	assert_int_not_equal(rc, 0);
+	snprintf(cmd, sizeof(cmd), "QSCOPE_STATE=%s QSCOPE_HEADLESS=100x30 %s tui --no-eval -m %s",
+		 tu_tmppath("tmux-state"), bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, NULL, &out), 0);
+	/* Escape cleared the selection, so b hit the cursor row, attn_output */
+	l = line_of(out, "blk.0.attn_output.weight");
+	assert_non_null(l);
+	if (!strstr(l, "int5g128") || !strstr(out, "plan: 2 quantized"))
+		fail_msg("plan not restored after Ctrl-C in the chat:\n%s", out);
+	free(l);
+	free(out);
 }
+
 
 int main(void)
 {
@@ -412,6 +473,7 @@ int main(void)
 		cmocka_unit_test(test_detail),
 		cmocka_unit_test(test_policy_picker),
 		cmocka_unit_test(test_session),
+		cmocka_unit_test(test_chat),
 		cmocka_unit_test(test_full_eval),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),

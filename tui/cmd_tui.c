@@ -15,6 +15,7 @@
 
 #include "../engine/calib.h"
 #include "../engine/eval.h"
+#include "chat.h"
 #include "commands.h"
 #include "workbench.h"
 
@@ -399,7 +400,7 @@ static int script_key(const char **s, char *bad, size_t cap)
 		{ "<PgDn>", WB_KEY_PGDN }, { "<Home>", WB_KEY_HOME },   { "<End>", WB_KEY_END },
 		{ "<Enter>", WB_KEY_ENTER }, { "<Esc>", WB_KEY_ESC },   { "<Space>", ' ' },
 		{ "<BS>", WB_KEY_BACKSPACE }, { "<F1>", WB_KEY_F1 },    { "<C-r>", WB_KEY_CTRL_R },
-		{ "<lt>", '<' },
+		{ "<lt>", '<' }, { "<C-c>", WB_KEY_CTRL_C }, { "<C-d>", 4 },
 	};
 	if (!**s)
 		return -1;
@@ -415,6 +416,25 @@ static int script_key(const char **s, char *bad, size_t cap)
 		return -2;
 	}
 	return (unsigned char)*(*s)++;
+}
+
+/* open the chat on the workbench's current plan */
+static chat *chat_open(wb *w, const model *m, int threaded, int **calib, qs_error *err)
+{
+	quant_plan p;
+	char desc[128];
+	if (wb_plan(w, &p, err))
+		return NULL;
+	wb_plan_desc(w, desc, sizeof(desc));
+	if (!*calib && quant_plan_needs_calib(&p) && sample_calib(m, calib, err)) {
+		quant_plan_release(&p);
+		return NULL;
+	}
+	chat *c = chat_new(m, &p, desc, threaded, err);
+	quant_plan_release(&p);
+	if (c)
+		chat_set_calib(c, *calib, t_calib_n);
+	return c;
 }
 
 static int run_headless(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session *ss,
@@ -433,14 +453,34 @@ static int run_headless(wb *w, evaluator *ev, calibrator *cal, fuller *fu, sessi
 	wb_draw(w, &c); /* the first frame sets the page size, as on a terminal */
 	const char *s = keys ? keys : "";
 	char bad[32];
-	int k;
+	int k, *calib = NULL;
+	chat *cht = NULL;
 	while ((k = script_key(&s, bad, sizeof(bad))) != -1) {
 		if (k == -2) {
 			fprintf(stderr, "qscope tui: --keys: unknown key name '%s'\n", bad);
+			chat_free(cht);
+			free(calib);
 			tui_canvas_release(&c);
 			return EXIT_USAGE;
 		}
+		if (cht) {
+			if (k == WB_KEY_CTRL_C)
+				break;
+			if (chat_key(cht, k)) {
+				chat_free(cht);
+				cht = NULL;
+				wb_draw(w, &c);
+			} else {
+				chat_draw(cht, &c);
+			}
+			continue;
+		}
 		int r = wb_key(w, k);
+		if (wb_want_chat(w)) {
+			qs_error err = { 0 };
+			if (!(cht = chat_open(w, cal->m, 0, &calib, &err)))
+				wb_status(w, err.msg);
+		}
 		if (wb_want_calib(w))
 			cal_start(cal, w, 0);
 		if (wb_want_full(w))
@@ -448,11 +488,16 @@ static int run_headless(wb *w, evaluator *ev, calibrator *cal, fuller *fu, sessi
 		if (ev && wb_dirty(w))
 			ev_start(ev, w, 0);
 		session_save(ss, w, ev ? ev->m : cal->m);
-		wb_draw(w, &c);
+		if (cht)
+			chat_draw(cht, &c);
+		else
+			wb_draw(w, &c);
 		if (r & WB_QUIT)
 			break;
 	}
 	tui_canvas_dump(&c, stdout);
+	chat_free(cht);
+	free(calib);
 	tui_canvas_release(&c);
 	return 0;
 }
@@ -503,6 +548,7 @@ static int map_key(int ch)
 	case 18: return WB_KEY_CTRL_R;
 	case KEY_RESIZE: return WB_KEY_RESIZE;
 	case 12: return WB_KEY_RESIZE; /* Ctrl-L: redraw */
+	case 3: return WB_KEY_CTRL_C;
 	default: return ch;
 	}
 }
@@ -521,7 +567,7 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session
 		return EXIT_USAGE;
 	}
 	initscr();
-	cbreak();
+	raw(); /* Ctrl-C arrives as a key: quit from anywhere, the terminal restored */
 	noecho();
 	keypad(stdscr, TRUE);
 	set_escdelay(25);
@@ -534,8 +580,9 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session
 			init_pair((short)(1 + i), heat[i], -1);
 	}
 	tui_canvas c = { 0 };
-	int rc = 0, redraw = 1;
+	int rc = 0, redraw = 1, *calib = NULL;
 	double last_key = 0;
+	chat *chc = NULL;
 	timeout(50); /* getch returns ERR after 50 ms: the loop polls the evaluation */
 	for (;;) {
 		if (!c.cells || c.w != COLS || c.h != LINES) {
@@ -567,8 +614,13 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session
 			ev_start(ev, w, 1);
 			redraw = 1;
 		}
+		if (chc && chat_poll(chc))
+			redraw = 1;
 		if (redraw) {
-			wb_draw(w, &c);
+			if (chc)
+				chat_draw(chc, &c);
+			else
+				wb_draw(w, &c);
 			blit(&c);
 			redraw = 0;
 		}
@@ -577,9 +629,26 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session
 			continue;
 		last_key = now_s();
 		redraw = 1;
-		if (wb_key(w, map_key(ch)) & WB_QUIT)
+		int key = map_key(ch);
+		if (chc) {
+			if (key == WB_KEY_CTRL_C)
+				break;
+			if (chat_key(chc, key)) {
+				chat_free(chc);
+				chc = NULL;
+			}
+			continue;
+		}
+		if (wb_key(w, key) & WB_QUIT)
 			break;
+		if (wb_want_chat(w)) {
+			qs_error err = { 0 };
+			if (!(chc = chat_open(w, cal->m, 1, &calib, &err)))
+				wb_status(w, err.msg);
+		}
 	}
+	chat_free(chc); /* stops a running generation */
+	free(calib);
 	tui_canvas_release(&c);
 	endwin();
 	return rc;

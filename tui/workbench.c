@@ -77,6 +77,7 @@ struct wb {
 	int n_pol, pol_cur;
 	char pol_err[512], pol_log[256];
 	/* full evaluation and the results history */
+	int want_chat;
 	int want_full, cancel_full, full_running, full_done, full_total;
 	double full_ppl;
 	wb_result hist[WB_HISTORY];
@@ -101,10 +102,11 @@ static const wb_keydef keydefs[] = {
 	{ "Enter", "show / hide the detail pane: histograms of the weights and inputs" },
 	{ "c", "calibrate (input statistics for the detail pane; cached on disk)" },
 	{ "p", "apply a Lua policy (picker; its errors are shown there)" },
+	{ "C", "chat: the original and the quantized model answer one prompt side by side" },
 	{ "E / Esc", "evaluate the plan on the whole text (progress bar) / cancel it" },
 	{ "r", "the results history: every full evaluation of this session" },
 	{ "?, F1", "this help (any key returns)" },
-	{ "q", "quit" },
+	{ "q, Ctrl-C", "quit (Ctrl-C also from the chat); the plan is saved after every change" },
 };
 
 const wb_keydef *wb_keys(int *n)
@@ -472,6 +474,18 @@ static void plan_summary(const wb *w, char *buf, size_t cap)
 		snprintf(buf, cap, "unquantized");
 }
 
+void wb_plan_desc(const wb *w, char *buf, size_t cap)
+{
+	plan_summary(w, buf, cap);
+}
+
+int wb_want_chat(wb *w)
+{
+	int r = w->want_chat;
+	w->want_chat = 0;
+	return r;
+}
+
 void wb_add_result(wb *w, const eval_cmp_result *r, const char *err_msg)
 {
 	w->full_running = 0;
@@ -748,6 +762,8 @@ int wb_key(wb *w, int key)
 		return WB_REDRAW;
 	}
 	w->status[0] = 0;
+	if (key == WB_KEY_CTRL_C)
+		return WB_QUIT;
 	int page = w->page > 1 ? w->page : 10;
 	switch (key) {
 	case 'q': return WB_QUIT;
@@ -824,6 +840,7 @@ int wb_key(wb *w, int key)
 			w->want_full = 1;
 		break;
 	case 'r': w->mode = MODE_HISTORY; break;
+	case 'C': w->want_chat = 1; break;
 	case 'p':
 		w->mode = MODE_POLICY;
 		w->pol_err[0] = 0;
@@ -1134,5 +1151,5 @@ void wb_draw(wb *w, tui_canvas *c)
 		tui_put(c, c->h - 1, 0, 0, TUI_NORMAL, w->status);
 	else
 		tui_put(c, c->h - 1, 0, 0, TUI_DIM,
-			"j/k move  space select  m b g s f x edit  u undo  / filter  o sort  ? help  q quit");
+			"j/k move  space select  m b g s f x edit  u undo  / filter  p policy  C chat  ? help  q quit");
 }

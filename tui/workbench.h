@@ -20,6 +20,7 @@
 enum {
 	WB_KEY_UP = 0x100, WB_KEY_DOWN, WB_KEY_PGUP, WB_KEY_PGDN, WB_KEY_HOME, WB_KEY_END,
 	WB_KEY_ENTER, WB_KEY_ESC, WB_KEY_BACKSPACE, WB_KEY_F1, WB_KEY_CTRL_R, WB_KEY_RESIZE,
+	WB_KEY_CTRL_C,
 };
 
 /* what a key did */
@@ -78,6 +79,11 @@ void wb_set_full_progress(wb *w, int running, int done, int total, double runnin
 /* a finished full evaluation (err_msg: it failed or was cancelled) goes to
  * the results history (r) with the plan's description */
 void wb_add_result(wb *w, const eval_cmp_result *r, const char *err_msg);
+
+/* C was pressed (once): open the chat on the current plan. */
+int wb_want_chat(wb *w);
+/* The plan in a few words: "8 x gptq:int3g128 + 2 x q8_0". */
+void wb_plan_desc(const wb *w, char *buf, size_t cap);
 
 /* Lua policies offered by the `p` picker (paths copied). */
 int wb_add_policy(wb *w, const char *path);
