@@ -22,9 +22,7 @@ static const char *bin;
 static int setup(void **state)
 {
 	(void)state;
-	bin = getenv("QSCOPE_BIN");
-	if (!bin)
-		bin = "build/qscope";
+	bin = tu_bin();
 	json_error_t je;
 	refs = json_load_file(tu_shared("refs/debdoc-19m.json"), 0, &je);
 	return refs ? 0 : -1;

@@ -25,9 +25,7 @@ static model *m;
 static int setup(void **state)
 {
 	(void)state;
-	bin = getenv("QSCOPE_BIN");
-	if (!bin)
-		bin = "build/qscope";
+	bin = tu_bin();
 	setenv("QSCOPE_STATE", tu_tmppath("state"), 1); /* sessions of these runs stay here */
 	qs_error err = { 0 };
 	return model_open(tu_shared("models/debdoc-19m-f16.gguf"), NULL, &m, &err);

@@ -123,3 +123,9 @@ int tu_run(const char *cmd, const char *err_path, char **out)
 		free(b);
 	return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+
+const char *tu_bin(void)
+{
+	const char *b = getenv("QSCOPE_BIN");
+	return b && *b ? b : "build/qscope";
+}

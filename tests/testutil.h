@@ -19,6 +19,8 @@ int tu_write_file(const char *path, const void *data, size_t len);
  * (may be NULL) gets its stdout, malloc'd. Returns the exit code, -1 if it
  * did not exit normally. */
 int tu_run(const char *cmd, const char *err_path, char **out);
+/* The qscope binary the end-to-end tests run: $QSCOPE_BIN, else build/qscope. */
+const char *tu_bin(void);
 /* Nonzero when running under the sanitizer build (QSCOPE_ASAN=1): long tests
  * shrink their workload. */
 int tu_asan(void);

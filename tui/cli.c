@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../engine/calib.h"
 #include "../engine/forward.h"
 
 void cli_print_opts(FILE *out, const opt *o)
@@ -184,4 +185,19 @@ const char *cli_default_calib(void)
 {
 	static char buf[4096];
 	return cli_shared_data("debdoc-calib.txt", buf, sizeof(buf));
+}
+
+int cli_sample_calib(const model *m, int n_samples, int **out, qs_error *err)
+{
+	char *text = NULL;
+	size_t len;
+	const char *cf = cli_default_calib();
+	if (cli_read_text(cf, &text, &len))
+		return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
+	calib_opts o;
+	calib_opts_default(&o);
+	o.n_samples = n_samples;
+	int rc = calib_sample_text(m, text, len, &o, out, NULL, err);
+	free(text);
+	return rc;
 }

@@ -103,20 +103,9 @@ typedef struct evaluator {
 	char err[512];
 } evaluator;
 
-/* t_calib_n windows of 512 from the default calibration text */
 static int sample_calib(const model *m, int **out, qs_error *err)
 {
-	char *text = NULL;
-	size_t len;
-	const char *cf = cli_default_calib();
-	if (cli_read_text(cf, &text, &len))
-		return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
-	calib_opts o;
-	calib_opts_default(&o);
-	o.n_samples = t_calib_n;
-	int rc = calib_sample_text(m, text, len, &o, out, NULL, err);
-	free(text);
-	return rc;
+	return cli_sample_calib(m, t_calib_n, out, err);
 }
 
 static int ev_prepare(evaluator *e, qs_error *err)

@@ -12,6 +12,9 @@ const opt *stats_opts(void);
 int cmd_quant(int argc, char **argv);
 const opt *quant_opts_table(void);
 
+int cmd_shell(int argc, char **argv);
+const opt *shell_opts_table(void);
+
 int cmd_tui(int argc, char **argv);
 const opt *tui_opts_table(void);
 

@@ -636,6 +636,11 @@ static const cmd cmds[] = {
 	  "Keys: ? in the workbench. Headless for scripts and tests: QSCOPE_HEADLESS=80x24\n"
 	  "with --keys SCRIPT prints the final screen.",
 	  tui_opts_table },
+	{ "shell", cmd_shell, "shell [-m MODEL] [--script FILE]",
+	  "A readline REPL with the workbench's operations as commands: load, calib, stats,\n"
+	  "plan, policy, sens, quant, ppl, kld, chat, save, help. Tab completes commands,\n"
+	  "history is kept in the XDG state folder; --script FILE (or a pipe) runs a batch.",
+	  shell_opts_table },
 	{ "bench", cmd_bench, "bench [-m MODEL] [-f TEXT] [--chunks N] [-o docs/BENCH.md]",
 	  "Measure perplexity throughput and decode speed against this machine's sgemm peak and\n"
 	  "copy bandwidth, measured in the same run; writes a markdown table.",
