@@ -334,6 +334,40 @@ static void test_chat(void **s)
 	free(scr);
 }
 
+/* The demo, headless: seven steps, and the methods do what the narration
+ * says on this model: GPTQ and AWQ at 3 bits beat RTN at 3 bits, the
+ * 4.5-bit budget policy beats all three. */
+static void test_demo(void **s)
+{
+	(void)s;
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd), "QSCOPE_HEADLESS=100x30 QSCOPE_CACHE=%s %s demo", tu_tmppath("cache"), bin);
+	assert_int_equal(tu_run(cmd, tu_tmppath("demo.err"), &out), 0);
+	double ppl[8] = { 0 };
+	for (int k = 1; k <= 7; k++) {
+		char head[64];
+		snprintf(head, sizeof(head), "==== step %d of 7 ====", k);
+		const char *p = strstr(out, head);
+		if (!p)
+			fail_msg("no %s in:\n%s", head, out);
+		const char *e = strstr(p, "\neval 8 chunks: FP ");
+		const char *next = strstr(p + 1, "==== step ");
+		if (e && (!next || e < next))
+			sscanf(e, "\neval 8 chunks: FP %*f now %lf", &ppl[k]);
+	}
+	print_message("demo: rtn int3 %.2f, gptq %.2f, awq %.2f, budget %.2f\n", ppl[2], ppl[4], ppl[5],
+		      ppl[6]);
+	assert_true(ppl[2] > 0 && ppl[4] > 0 && ppl[5] > 0 && ppl[6] > 0);
+	assert_true(ppl[4] < ppl[2] && ppl[5] < ppl[2] && ppl[6] < ppl[4] && ppl[6] < ppl[5]);
+	/* the budget held: step 6's footer */
+	const char *f = strstr(strstr(out, "==== step 6 of 7 ===="), "\nplan: 56 quantized (");
+	assert_non_null(f);
+	double bpw = strtod(f + strlen("\nplan: 56 quantized ("), NULL);
+	assert_true(bpw > 4.0 && bpw <= 4.5);
+	assert_non_null(strstr(out, "quantized ("));
+	free(out);
+}
+
 /* The plan survives a quit: the next start restores it (the file is
  * written after every change), --fresh starts empty. */
 static void test_session(void **s)
@@ -472,6 +506,7 @@ int main(void)
 		cmocka_unit_test(test_policy_picker),
 		cmocka_unit_test(test_session),
 		cmocka_unit_test(test_chat),
+		cmocka_unit_test(test_demo),
 		cmocka_unit_test(test_full_eval),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),

@@ -426,70 +426,186 @@ static chat *chat_open(wb *w, const model *m, int threaded, int **calib, qs_erro
 	return c;
 }
 
-static int run_headless(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session *ss,
-			const char *size, const char *keys)
+static double now_s(void)
 {
-	int cw = 80, ch = 24;
-	if (sscanf(size, "%dx%d", &cw, &ch) != 2 || cw < 1 || ch < 1 || cw > 1000 || ch > 1000) {
-		fprintf(stderr, "qscope tui: QSCOPE_HEADLESS '%s': expected WxH, e.g. 80x24\n", size);
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* ---- what both loops share: keys to the chat or the table, the work they
+ * ask for (on threads in a terminal, inline when headless), drawing */
+
+typedef struct ui {
+	wb *w;
+	const model *m;
+	evaluator *ev;        /* NULL: no live evaluation */
+	calibrator *cal;
+	fuller *fu;
+	session *ss;
+	int threaded;
+	chat *chat;
+	int *calib;           /* calibration windows for the chat's plan */
+	double last_key;
+	const char *narration; /* the demo's, drawn over the screen */
+	int step, n_steps;
+} ui;
+
+/* a key for the chat or the table; 1 to quit */
+static int ui_key(ui *u, int k)
+{
+	if (u->chat) {
+		if (k == WB_KEY_CTRL_C)
+			return 1;
+		if (chat_key(u->chat, k)) {
+			chat_free(u->chat);
+			u->chat = NULL;
+		}
+		return 0;
+	}
+	int r = wb_key(u->w, k);
+	if (wb_want_chat(u->w)) {
+		qs_error err = { 0 };
+		if (!(u->chat = chat_open(u->w, u->m, u->threaded, &u->calib, &err)))
+			wb_status(u->w, err.msg);
+	}
+	return (r & WB_QUIT) != 0;
+}
+
+/* results in, work out; 1 when the screen changed */
+static int ui_tick(ui *u)
+{
+	int redraw = 0;
+	if (u->threaded) {
+		redraw |= u->ev && ev_poll(u->ev, u->w);
+		redraw |= cal_poll(u->cal, u->w);
+		redraw |= full_poll(u->fu, u->w);
+		redraw |= u->chat && chat_poll(u->chat);
+	}
+	if (!u->fu->j.running && wb_want_full(u->w)) {
+		full_start(u->fu, u->w, u->threaded);
+		redraw = 1;
+	}
+	if (!u->cal->j.running && wb_want_calib(u->w)) {
+		cal_start(u->cal, u->w, u->threaded);
+		redraw = 1;
+	}
+	session_save(u->ss, u->w, u->m);
+	/* debounced on a terminal: a burst of keys gives one evaluation */
+	if (u->ev && !u->ev->j.running && wb_dirty(u->w) &&
+	    (!u->threaded || now_s() - u->last_key > 0.15)) {
+		ev_start(u->ev, u->w, u->threaded);
+		redraw = 1;
+	}
+	return redraw;
+}
+
+static void ui_draw(ui *u, tui_canvas *c)
+{
+	if (u->chat)
+		chat_draw(u->chat, c);
+	else
+		wb_draw(u->w, c);
+	if (!u->narration)
+		return;
+	/* the demo's words on the first row (and the last when long) */
+	char head[64];
+	snprintf(head, sizeof(head), "demo %d/%d: ", u->step + 1, u->n_steps);
+	for (int x = 0; x < c->w; x++)
+		tui_put(c, 0, x, 1, TUI_REVERSE, " ");
+	int n = tui_put(c, 0, 0, 0, TUI_REVERSE, head);
+	size_t len = strlen(u->narration), fit = (size_t)(c->w - n > 0 ? c->w - n : 0);
+	char buf[512];
+	snprintf(buf, sizeof(buf), "%.*s", (int)(len < fit ? len : fit), u->narration);
+	tui_put(c, 0, n, 0, TUI_REVERSE, buf);
+	if (len > fit) {
+		for (int x = 0; x < c->w; x++)
+			tui_put(c, c->h - 1, x, 1, TUI_REVERSE, " ");
+		tui_put(c, c->h - 1, 0, 0, TUI_REVERSE, u->narration + fit);
+	}
+}
+
+static void ui_release(ui *u)
+{
+	chat_free(u->chat); /* stops a running generation */
+	u->chat = NULL;
+	free(u->calib);
+	u->calib = NULL;
+}
+
+/* run a key script through the UI; -2 (and *bad) on an unknown key name,
+ * 1 if it quit */
+static int ui_script(ui *u, const char *keys, char *bad, size_t cap)
+{
+	const char *s = keys ? keys : "";
+	int k;
+	while ((k = script_key(&s, bad, cap)) != -1) {
+		if (k == -2)
+			return -2;
+		u->last_key = now_s();
+		if (ui_key(u, k))
+			return 1;
+		ui_tick(u);
+	}
+	return 0;
+}
+
+static int headless_size(const char *size, int *cw, int *ch)
+{
+	if (sscanf(size, "%dx%d", cw, ch) != 2 || *cw < 1 || *ch < 1 || *cw > 1000 || *ch > 1000) {
+		fprintf(stderr, "qscope: QSCOPE_HEADLESS '%s': expected WxH, e.g. 80x24\n", size);
 		return EXIT_USAGE;
 	}
+	return 0;
+}
+
+static int run_headless(ui *u, const char *size, const char *keys)
+{
+	int cw, ch, rc = headless_size(size, &cw, &ch);
+	if (rc)
+		return rc;
 	tui_canvas c;
 	if (tui_canvas_init(&c, cw, ch)) {
 		fprintf(stderr, "qscope tui: out of memory\n");
 		return EXIT_INPUT;
 	}
-	wb_draw(w, &c); /* the first frame sets the page size, as on a terminal */
-	const char *s = keys ? keys : "";
+	ui_draw(u, &c); /* the first frame sets the page size, as on a terminal */
 	char bad[32];
-	int k, *calib = NULL;
-	chat *cht = NULL;
-	while ((k = script_key(&s, bad, sizeof(bad))) != -1) {
-		if (k == -2) {
-			fprintf(stderr, "qscope tui: --keys: unknown key name '%s'\n", bad);
-			chat_free(cht);
-			free(calib);
-			tui_canvas_release(&c);
-			return EXIT_USAGE;
-		}
-		if (cht) {
-			if (k == WB_KEY_CTRL_C)
-				break;
-			if (chat_key(cht, k)) {
-				chat_free(cht);
-				cht = NULL;
-				wb_draw(w, &c);
-			} else {
-				chat_draw(cht, &c);
-			}
-			continue;
-		}
-		int r = wb_key(w, k);
-		if (wb_want_chat(w)) {
-			qs_error err = { 0 };
-			if (!(cht = chat_open(w, cal->m, 0, &calib, &err)))
-				wb_status(w, err.msg);
-		}
-		if (wb_want_calib(w))
-			cal_start(cal, w, 0);
-		if (wb_want_full(w))
-			full_start(fu, w, 0);
-		if (ev && wb_dirty(w))
-			ev_start(ev, w, 0);
-		session_save(ss, w, ev ? ev->m : cal->m);
-		if (cht)
-			chat_draw(cht, &c);
-		else
-			wb_draw(w, &c);
-		if (r & WB_QUIT)
-			break;
+	if (ui_script(u, keys, bad, sizeof(bad)) == -2) {
+		fprintf(stderr, "qscope tui: --keys: unknown key name '%s'\n", bad);
+		rc = EXIT_USAGE;
+	} else {
+		ui_draw(u, &c);
+		tui_canvas_dump(&c, stdout);
 	}
-	tui_canvas_dump(&c, stdout);
-	chat_free(cht);
-	free(calib);
 	tui_canvas_release(&c);
-	return 0;
+	return rc;
 }
+
+/* the demo: narration and the keys that show it, step by step */
+typedef struct demo_step {
+	const char *say, *keys;
+} demo_step;
+
+static const demo_step demo_steps[] = {
+	{ "debdoc-19m, unquantized: 16 bits per weight. One row per linear layer; the bar above the "
+	  "footer will show perplexity and KL divergence on 8 WikiText-2 chunks.", "" },
+	{ "Round to nearest at 3 bits (int3, one FP16 scale and zero per 128 weights) on all 56 block "
+	  "linears: a fifth of the bytes, and perplexity jumps.", "/blk<Enter>Abbbbb" },
+	{ "Why it hurts: blk.3.ffn_down's input (after calibration, c) has kurtosis above 100 - a few "
+	  "channels carry values 3-5x the median; rounding cannot serve both scales.",
+	  "<Esc>/blk.3.ffn_down<Enter>c<Enter>" },
+	{ "GPTQ at the same 3 bits: each column's rounding error is pushed onto the columns not yet "
+	  "quantized, weighted by the inputs' second moments. Part of the damage comes back.",
+	  "<Enter>/blk<Enter>Am" },
+	{ "AWQ at the same 3 bits: channels with large activations are scaled up before rounding, the "
+	  "inverse folded into the RMSNorm in front.", "m" },
+	{ "A Lua budget policy: 4.5 bits per weight, spent where the measured sensitivity says "
+	  "(lua/policies/budget.lua; p picks policies).", "<Esc>/<Enter>p<Enter>" },
+	{ "Chat: the original and the budget-quantized model answer the same prompt with the same "
+	  "seed, side by side (Esc returns).", "CThe quick brown fox<Enter>" },
+};
+#define N_DEMO ((int)(sizeof(demo_steps) / sizeof(demo_steps[0])))
 
 static int curses_attr(int a)
 {
@@ -542,17 +658,11 @@ static int map_key(int ch)
 	}
 }
 
-static double now_s(void)
-{
-	struct timespec t;
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
 
-static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session *ss)
+static int run_curses(ui *u, int demo)
 {
 	if (!isatty(0) || !isatty(1)) {
-		fprintf(stderr, "qscope tui: needs a terminal (or QSCOPE_HEADLESS=80x24 with --keys)\n");
+		fprintf(stderr, "qscope: the workbench needs a terminal (or QSCOPE_HEADLESS=80x24 with --keys)\n");
 		return EXIT_USAGE;
 	}
 	initscr();
@@ -569,10 +679,10 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session
 			init_pair((short)(1 + i), heat[i], -1);
 	}
 	tui_canvas c = { 0 };
-	int rc = 0, redraw = 1, *calib = NULL;
-	double last_key = 0;
-	chat *chc = NULL;
-	timeout(50); /* getch returns ERR after 50 ms: the loop polls the evaluation */
+	int rc = 0, redraw = 1, autoplay = 0;
+	double step_at = now_s();
+	char bad[32];
+	timeout(50); /* getch returns ERR after 50 ms: the loop polls the workers */
 	for (;;) {
 		if (!c.cells || c.w != COLS || c.h != LINES) {
 			tui_canvas_release(&c);
@@ -583,69 +693,75 @@ static int run_curses(wb *w, evaluator *ev, calibrator *cal, fuller *fu, session
 			clear();
 			redraw = 1;
 		}
-		if (ev && ev_poll(ev, w))
-			redraw = 1;
-		if (cal_poll(cal, w))
-			redraw = 1;
-		if (full_poll(fu, w))
-			redraw = 1;
-		if (!fu->j.running && wb_want_full(w)) {
-			full_start(fu, w, 1);
-			redraw = 1;
-		}
-		if (!cal->j.running && wb_want_calib(w)) {
-			cal_start(cal, w, 1);
+		redraw |= ui_tick(u);
+		/* the demo: Tab steps, P plays (a step every 10 s once the work is done) */
+		if (demo && autoplay && u->step + 1 < N_DEMO && now_s() - step_at > 10 && !wb_dirty(u->w) &&
+		    !u->ev->j.running && !u->cal->j.running) {
+			u->narration = demo_steps[++u->step].say;
+			if (ui_script(u, demo_steps[u->step].keys, bad, sizeof(bad)) == 1)
+				break;
+			step_at = now_s();
 			redraw = 1;
 		}
-		/* debounced: a burst of keys gives one evaluation of its result */
-		session_save(ss, w, cal->m);
-		if (ev && !ev->j.running && wb_dirty(w) && now_s() - last_key > 0.15) {
-			ev_start(ev, w, 1);
-			redraw = 1;
-		}
-		if (chc && chat_poll(chc))
-			redraw = 1;
 		if (redraw) {
-			if (chc)
-				chat_draw(chc, &c);
-			else
-				wb_draw(w, &c);
+			ui_draw(u, &c);
 			blit(&c);
 			redraw = 0;
 		}
 		int ch = getch();
 		if (ch == ERR)
 			continue;
-		last_key = now_s();
+		u->last_key = now_s();
 		redraw = 1;
 		int key = map_key(ch);
-		if (chc) {
-			if (key == WB_KEY_CTRL_C)
-				break;
-			if (chat_key(chc, key)) {
-				chat_free(chc);
-				chc = NULL;
+		if (demo && !u->chat && (key == '\t' || key == 'P')) {
+			if (key == 'P') {
+				autoplay = !autoplay;
+			} else if (u->step + 1 < N_DEMO) {
+				u->narration = demo_steps[++u->step].say;
+				if (ui_script(u, demo_steps[u->step].keys, bad, sizeof(bad)) == 1)
+					break;
 			}
+			step_at = now_s();
 			continue;
 		}
-		if (wb_key(w, key) & WB_QUIT)
+		if (ui_key(u, key))
 			break;
-		if (wb_want_chat(w)) {
-			qs_error err = { 0 };
-			if (!(chc = chat_open(w, cal->m, 1, &calib, &err)))
-				wb_status(w, err.msg);
-		}
 	}
-	chat_free(chc); /* stops a running generation */
-	free(calib);
 	tui_canvas_release(&c);
 	endwin();
 	return rc;
 }
 
-int cmd_tui(int argc, char **argv)
+/* the demo, headless: every step's screen, one after the other */
+static int run_demo_headless(ui *u, const char *size)
 {
-	int rc = cli_parse_opts("tui", argc, argv, o_tui);
+	int cw, ch, rc = headless_size(size, &cw, &ch);
+	if (rc)
+		return rc;
+	tui_canvas c;
+	if (tui_canvas_init(&c, cw, ch))
+		return EXIT_INPUT;
+	char bad[32];
+	ui_draw(u, &c);
+	for (u->step = 0; u->step < N_DEMO; u->step++) {
+		u->narration = demo_steps[u->step].say;
+		if (ui_script(u, demo_steps[u->step].keys, bad, sizeof(bad)) == -2) {
+			fprintf(stderr, "qscope demo: step %d: unknown key name '%s'\n", u->step + 1, bad);
+			rc = EXIT_USAGE;
+			break;
+		}
+		ui_draw(u, &c);
+		printf("==== step %d of %d ====\n", u->step + 1, N_DEMO);
+		tui_canvas_dump(&c, stdout);
+	}
+	tui_canvas_release(&c);
+	return rc;
+}
+
+static int workbench_main(const char *name, int argc, char **argv, int demo)
+{
+	int rc = cli_parse_opts(name, argc, argv, o_tui);
 	if (rc)
 		return rc;
 	setlocale(LC_ALL, "");
@@ -656,19 +772,24 @@ int cmd_tui(int argc, char **argv)
 	sens_table sens;
 	int have_sens = 0;
 	wb *w = NULL;
-	if (t_sens) {
-		if (sens_load(t_sens, m, &sens, &err)) {
-			fprintf(stderr, "qscope tui: %s\n", err.msg);
+	/* the demo shows the bundled model's GPTQ sensitivity scan (made by
+	 * qscope sensitivity, see the file's made_by) for its budget step */
+	const char *sens_path = t_sens ? t_sens : demo && !co.model ? "models/debdoc-19m-sens-gptq.json" : NULL;
+	if (sens_path) {
+		if (sens_load(sens_path, m, &sens, &err)) {
+			fprintf(stderr, "qscope %s: %s\n", name, err.msg);
 			rc = EXIT_INPUT;
 			goto out;
 		}
 		have_sens = 1;
 	}
 	if (!(w = wb_new(m, have_sens ? &sens : NULL, &err))) {
-		fprintf(stderr, "qscope tui: %s\n", err.msg);
+		fprintf(stderr, "qscope %s: %s\n", name, err.msg);
 		rc = EXIT_INPUT;
 		goto out;
 	}
+	if (demo)
+		wb_add_policy(w, "lua/policies/budget.lua"); /* first in the picker */
 	if (t_policy)
 		wb_add_policy(w, t_policy);
 	{ /* the bundled policies, sorted */
@@ -679,7 +800,7 @@ int cmd_tui(int argc, char **argv)
 		globfree(&g);
 	}
 	session ss = { 0 };
-	ss.on = session_path(m, ss.path, sizeof(ss.path)) == 0;
+	ss.on = !demo && session_path(m, ss.path, sizeof(ss.path)) == 0; /* a demo leaves no trace */
 	if (!t_recipe && !t_fresh && ss.on && access(ss.path, R_OK) == 0) {
 		quant_plan p;
 		int r2 = quant_plan_load(ss.path, m, &p, &err);
@@ -705,7 +826,7 @@ int cmd_tui(int argc, char **argv)
 			quant_plan_release(&p);
 		}
 		if (r2) {
-			fprintf(stderr, "qscope tui: %s\n", err.msg);
+			fprintf(stderr, "qscope %s: %s\n", name, err.msg);
 			rc = EXIT_INPUT;
 			goto out;
 		}
@@ -715,11 +836,16 @@ int cmd_tui(int argc, char **argv)
 	fuller fu = { .m = m };
 	pthread_mutex_init(&fu.mu, NULL);
 	const char *hl = getenv("QSCOPE_HEADLESS");
+	ui u = { .w = w, .m = m, .ev = t_noeval ? NULL : &ev, .cal = &cal, .fu = &fu, .ss = &ss,
+		 .threaded = !(hl && *hl), .n_steps = N_DEMO };
+	if (demo)
+		u.narration = demo_steps[0].say;
 	if (hl && *hl)
-		rc = run_headless(w, t_noeval ? NULL : &ev, &cal, &fu, &ss, hl,
-				  t_keys ? t_keys : getenv("QSCOPE_KEYS"));
+		rc = demo ? run_demo_headless(&u, hl)
+			  : run_headless(&u, hl, t_keys ? t_keys : getenv("QSCOPE_KEYS"));
 	else
-		rc = run_curses(w, t_noeval ? NULL : &ev, &cal, &fu, &ss);
+		rc = run_curses(&u, demo);
+	ui_release(&u);
 	full_release(&fu);
 	pthread_mutex_destroy(&fu.mu);
 	ev_release(&ev);
@@ -730,4 +856,14 @@ out:
 		sens_table_release(&sens);
 	model_free(m);
 	return rc;
+}
+
+int cmd_tui(int argc, char **argv)
+{
+	return workbench_main("tui", argc, argv, 0);
+}
+
+int cmd_demo(int argc, char **argv)
+{
+	return workbench_main("demo", argc, argv, 1);
 }

@@ -16,6 +16,7 @@ int cmd_shell(int argc, char **argv);
 const opt *shell_opts_table(void);
 
 int cmd_tui(int argc, char **argv);
+int cmd_demo(int argc, char **argv);
 const opt *tui_opts_table(void);
 
 int cmd_sens(int argc, char **argv);

@@ -636,6 +636,12 @@ static const cmd cmds[] = {
 	  "Keys: ? in the workbench. Headless for scripts and tests: QSCOPE_HEADLESS=80x24\n"
 	  "with --keys SCRIPT prints the final screen.",
 	  tui_opts_table },
+	{ "demo", cmd_demo, "demo [-m MODEL]",
+	  "A narrated tour of the workbench on the bundled model: the unquantized baseline, RTN\n"
+	  "int3 and its damage, the outlier channels behind it, GPTQ and AWQ winning part of it\n"
+	  "back, a Lua budget policy, then chat side by side. Tab steps, P plays/pauses, every\n"
+	  "workbench key works in between; headless (QSCOPE_HEADLESS=WxH) prints each step.",
+	  tui_opts_table },
 	{ "shell", cmd_shell, "shell [-m MODEL] [--script FILE]",
 	  "A readline REPL with the workbench's operations as commands: load, calib, stats,\n"
 	  "plan, policy, sens, quant, ppl, kld, chat, save, help. Tab completes commands,\n"

@@ -826,9 +826,9 @@ int wb_key(wb *w, int key)
 			snprintf(w->status, sizeof(w->status), "nothing to redo");
 		}
 		break;
-	case '/':
+	case '/': /* a new filter; Enter on an empty one shows every row */
 		w->mode = MODE_FILTER;
-		snprintf(w->input, sizeof(w->input), "%s", w->filter);
+		w->input[0] = 0;
 		break;
 	case 'o':
 		w->sort = (w->sort + 1) % SORT_N;
