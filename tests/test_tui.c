@@ -131,6 +131,20 @@ static void test_edit_ffn_down(void **s)
 	free(scr);
 }
 
+/* V selects the range from the row Space marked to the cursor */
+static void test_range(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen("100x30", "<Space>jjjVm", &rc);
+	assert_non_null(strstr(scr, "plan: 5 quantized"));
+	assert_non_null(strstr(scr, "selected rows 1 to 5") || strstr(scr, "method: 5 tensors"));
+	free(scr);
+	scr = screen("100x30", "jjV", &rc);
+	assert_non_null(strstr(scr, "V: select a first row with Space"));
+	free(scr);
+}
+
 /* the group cycle skips groups that do not divide the row: a 384-column
  * row takes 32, 64, 128 but not 256 (the first g makes a stored tensor
  * int4g128 and moves on from 128) */
@@ -251,6 +265,15 @@ static void test_policy_picker(void **s)
 	free(scr);
 	scr = screen("100x30", "pjjjj<Enter>u", &rc);
 	assert_non_null(strstr(scr, "plan: 0 quantized"));
+	free(scr);
+	/* any file: o types its path */
+	char pol[512], keys[700];
+	snprintf(pol, sizeof(pol), "%s", tu_tmppath("v8.lua"));
+	const char *src = "return function(t) if t.kind == 'attn_v' then return 'q8_0' end end\n";
+	tu_write_file(pol, src, strlen(src));
+	snprintf(keys, sizeof(keys), "po%s<Enter>", pol);
+	scr = screen("100x30", keys, &rc);
+	assert_non_null(strstr(scr, "plan: 8 quantized (8.500 bpw)")); /* q8_0: 8 + 16/32 */
 	free(scr);
 	/* outlier_aware.lua reads t.stats.input, which is nil before calibration */
 	scr = screen("100x30", "pjjj<Enter>", &rc);
@@ -501,6 +524,7 @@ int main(void)
 		cmocka_unit_test(test_table),
 		cmocka_unit_test(test_edit_ffn_down),
 		cmocka_unit_test(test_group_cycle),
+		cmocka_unit_test(test_range),
 		cmocka_unit_test(test_help_sort_small),
 		cmocka_unit_test(test_detail),
 		cmocka_unit_test(test_policy_picker),

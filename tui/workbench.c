@@ -34,7 +34,7 @@ enum { SORT_MODEL, SORT_PARAMS, SORT_BPW, SORT_KURT, SORT_SENS, SORT_N };
 static const char *const sort_names[SORT_N] = { "model order", "params", "bits/weight",
 						 "weight kurtosis", "sensitivity" };
 
-enum { MODE_TABLE, MODE_HELP, MODE_FILTER, MODE_POLICY, MODE_HISTORY };
+enum { MODE_TABLE, MODE_HELP, MODE_FILTER, MODE_POLICY, MODE_HISTORY, MODE_POLICY_PATH };
 
 #define WB_HISTORY 32
 
@@ -52,6 +52,7 @@ struct wb {
 	int *view;         /* (n) rows shown, in display order */
 	int n_view;
 	int cur, top;      /* cursor and first shown, as view positions */
+	int anchor;        /* the row Space last selected (a model row), or -1: V selects to it */
 	int sort, mode;
 	char filter[128], input[128];
 	regex_t re;
@@ -89,6 +90,7 @@ static const wb_keydef keydefs[] = {
 	{ "j, Down / k, Up", "move the cursor" },
 	{ "PgDn / PgUp, Home / End", "move a page, to the first / last row" },
 	{ "Space", "select or unselect the row (edits apply to the selection, else the row)" },
+	{ "V", "select the range from the row Space last selected to the cursor" },
 	{ "a", "select every row of the cursor row's kind (all ffn_down, ...)" },
 	{ "A / Esc", "select every shown row / clear the selection" },
 	{ "m", "cycle the method: rtn, gptq, awq, hqq" },
@@ -102,7 +104,7 @@ static const wb_keydef keydefs[] = {
 	{ "o", "cycle the sort: model order, params, bits/weight, kurtosis, sensitivity" },
 	{ "Enter", "show / hide the detail pane: histograms of the weights and inputs" },
 	{ "c", "calibrate (input statistics for the detail pane; cached on disk)" },
-	{ "p", "apply a Lua policy (picker; its errors are shown there)" },
+	{ "p", "apply a Lua policy (picker over lua/policies, o there types any path; errors shown there)" },
 	{ "C", "chat: the original and the quantized model answer one prompt side by side" },
 	{ "E / Esc", "evaluate the plan on the whole text (progress bar) / cancel it" },
 	{ "r", "the results history: every full evaluation of this session" },
@@ -253,6 +255,7 @@ wb *wb_new(const model *m, const sens_table *sens, qs_error *err)
 	w->undo_pos = -1;
 	snapshot(w);
 	w->dirty = 0; /* nothing to evaluate until the first change */
+	w->anchor = -1;
 	w->ws_row = -1;
 	rebuild_view(w);
 	return w;
@@ -738,7 +741,31 @@ int wb_key(wb *w, int key)
 		snprintf(w->status, sizeof(w->status), "full evaluation: cancelling...");
 		return WB_REDRAW;
 	}
+	if (w->mode == MODE_POLICY_PATH) { /* typing a policy's path */
+		size_t n = strlen(w->input);
+		if (key == WB_KEY_ENTER) {
+			w->mode = MODE_POLICY;
+			if (n && !wb_add_policy(w, w->input)) {
+				w->pol_cur = w->n_pol - 1;
+				apply_policy(w);
+			}
+		} else if (key == WB_KEY_ESC) {
+			w->mode = MODE_POLICY;
+		} else if (key == WB_KEY_BACKSPACE) {
+			if (n)
+				w->input[n - 1] = 0;
+		} else if (key >= 32 && key < 127 && n + 1 < sizeof(w->input)) {
+			w->input[n] = (char)key;
+			w->input[n + 1] = 0;
+		}
+		return WB_REDRAW;
+	}
 	if (w->mode == MODE_POLICY) {
+		if (key == 'o') {
+			w->mode = MODE_POLICY_PATH;
+			w->input[0] = 0;
+			return WB_REDRAW;
+		}
 		if (key == WB_KEY_ESC || key == 'q')
 			w->mode = MODE_TABLE;
 		else if ((key == 'j' || key == WB_KEY_DOWN) && w->pol_cur + 1 < w->n_pol)
@@ -780,9 +807,25 @@ int wb_key(wb *w, int key)
 	case ' ':
 		if (w->n_view) {
 			w->rows[w->view[w->cur]].sel ^= 1;
+			w->anchor = w->view[w->cur];
 			w->cur++;
 		}
 		break;
+	case 'V': {
+		int from = -1;
+		for (int k = 0; k < w->n_view; k++)
+			if (w->view[k] == w->anchor)
+				from = k;
+		if (from < 0 || !w->n_view) {
+			snprintf(w->status, sizeof(w->status), "V: select a first row with Space");
+			break;
+		}
+		int a = from < w->cur ? from : w->cur, b = from < w->cur ? w->cur : from;
+		for (int k = a; k <= b; k++)
+			w->rows[w->view[k]].sel = 1;
+		snprintf(w->status, sizeof(w->status), "selected rows %d to %d", a + 1, b + 1);
+		break;
+	}
 	case 'a':
 		if (w->n_view) {
 			const char *kind = w->rows[w->view[w->cur]].kind;
@@ -1033,8 +1076,10 @@ void wb_draw(wb *w, tui_canvas *c)
 		}
 		return;
 	}
-	if (w->mode == MODE_POLICY) {
-		tui_put(c, 0, 0, 0, TUI_BOLD, "apply a Lua policy: j/k choose, Enter apply, Esc back");
+	if (w->mode == MODE_POLICY || w->mode == MODE_POLICY_PATH) {
+		tui_put(c, 0, 0, 0, TUI_BOLD, "apply a Lua policy: j/k choose, Enter apply, o another file, Esc back");
+		if (w->mode == MODE_POLICY_PATH)
+			tui_putf(c, c->h - 1, 0, 0, TUI_NORMAL, "policy file: %s", w->input);
 		if (!w->n_pol)
 			tui_put(c, 2, 2, 0, TUI_DIM, "no policies found (lua/policies/*.lua, or --policy FILE)");
 		for (int i = 0; i < w->n_pol && i + 2 < c->h - 4; i++)
