@@ -452,19 +452,33 @@ static void test_live_eval(void **s)
 
 /* a real terminal: tmux runs the workbench, sends keys, reads the pane;
  * the evaluation runs on its own thread there */
+/* shell text that waits (at most `secs`) until the pane shows `pattern`
+ * (a grep regex), then prints the pane */
+static void tmux_wait(char *buf, size_t cap, const char *sock, const char *pattern, int secs)
+{
+	snprintf(buf, cap,
+		 "for i in $(seq 1 %d); do tmux -S %s capture-pane -p | grep -q -- '%s' && break; "
+		 "sleep 0.25; done; tmux -S %s capture-pane -p", secs * 4, sock, pattern, sock);
+}
+
 static void test_tmux(void **s)
 {
 	(void)s;
 	if (system("command -v tmux > /dev/null 2>&1") != 0)
 		skip();
-	char cmd[4096], *out = NULL;
+	const int slow = tu_asan() ? 10 : 1; /* the sanitizer build is that much slower */
+	char cmd[8192], wait[2048], *out = NULL;
 	char sock[512];
 	snprintf(sock, sizeof(sock), "%s", tu_tmppath("tmux.sock"));
+	tmux_wait(wait, sizeof(wait), sock, "58 tensors", 20 * slow);
 	snprintf(cmd, sizeof(cmd),
-		 "tmux -S %s new-session -d -x 100 -y 30 'cd %s && QSCOPE_STATE=%s %s tui --chunks 2 -m %s' && sleep 2 && "
-		 "tmux -S %s send-keys j j Space m && sleep 6 && tmux -S %s capture-pane -p",
+		 "tmux -S %s new-session -d -x 100 -y 30 'cd %s && QSCOPE_STATE=%s %s tui --chunks 2 -m %s' && %s",
 		 sock, getenv("PWD") ? getenv("PWD") : ".", tu_tmppath("tmux-state"), bin,
-		 tu_shared("models/debdoc-19m-f16.gguf"), sock, sock);
+		 tu_shared("models/debdoc-19m-f16.gguf"), wait);
+	assert_int_equal(tu_run(cmd, tu_tmppath("tmux.err"), &out), 0);
+	free(out);
+	tmux_wait(wait, sizeof(wait), sock, "eval 2 chunks: FP ", 30 * slow);
+	snprintf(cmd, sizeof(cmd), "tmux -S %s send-keys j j Space m && %s", sock, wait);
 	int rc = tu_run(cmd, tu_tmppath("tmux.err"), &out);
 	assert_int_equal(rc, 0);
 	assert_non_null(out);
@@ -475,30 +489,39 @@ static void test_tmux(void **s)
 	if (!strstr(out, "eval 2 chunks: FP "))
 		fail_msg("no evaluation on the screen:\n%s", out);
 	free(out);
-	/* a full evaluation of the whole text (two minutes): its progress bar,
-	 * a resize meanwhile, then Esc cancels it and the plan is untouched */
-	snprintf(cmd, sizeof(cmd),
-		 "tmux -S %s send-keys E && sleep 3 && tmux -S %s resize-window -x 90 -y 26 && sleep 1 && "
-		 "tmux -S %s capture-pane -p && tmux -S %s send-keys Escape && sleep 3 && "
-		 "tmux -S %s capture-pane -p", sock, sock, sock, sock, sock);
+	/* a full evaluation of the whole text (minutes): its progress bar, a
+	 * resize meanwhile, then Esc cancels it and the plan is untouched */
+	tmux_wait(wait, sizeof(wait), sock, "full eval \\[.*[1-9][0-9]*/865 chunks", 60 * slow);
+	snprintf(cmd, sizeof(cmd), "tmux -S %s send-keys E && tmux -S %s resize-window -x 90 -y 26 && %s",
+		 sock, sock, wait);
 	rc = tu_run(cmd, tu_tmppath("tmux.err"), &out);
 	assert_int_equal(rc, 0);
 	if (!strstr(out, "full eval [") || !strstr(out, "Esc cancels"))
 		fail_msg("no progress bar:\n%s", out);
+	free(out);
+	tmux_wait(wait, sizeof(wait), sock, "full evaluation: cancelled", 30 * slow);
+	snprintf(cmd, sizeof(cmd), "tmux -S %s send-keys Escape && %s", sock, wait);
+	rc = tu_run(cmd, tu_tmppath("tmux.err"), &out);
+	assert_int_equal(rc, 0);
 	if (!strstr(out, "full evaluation: cancelled"))
 		fail_msg("not cancelled:\n%s", out);
-	l = line_of(strstr(out, "full evaluation: cancelled") ? out : out, "blk.0.attn_v.weight");
+	l = line_of(out, "blk.0.attn_v.weight");
 	assert_non_null(l);
 	assert_non_null(strstr(l, "int4g128"));
 	free(l);
 	free(out);
 	/* a change, then the chat, and Ctrl-C while both models answer: the
 	 * session ends, and the next start has the changed plan */
+	tmux_wait(wait, sizeof(wait), sock, "chat: plain completion", 10 * slow);
+	snprintf(cmd, sizeof(cmd), "tmux -S %s send-keys Escape b && sleep 0.5 && tmux -S %s send-keys C && %s",
+		 sock, sock, wait);
+	assert_int_equal(tu_run(cmd, tu_tmppath("tmux.err"), &out), 0);
+	free(out);
 	snprintf(cmd, sizeof(cmd),
-		 "tmux -S %s send-keys Escape b && sleep 0.5 && tmux -S %s send-keys C && sleep 0.5 && "
 		 "tmux -S %s send-keys -l 'The quick brown fox' && tmux -S %s send-keys Enter && "
-		 "sleep 0.3 && tmux -S %s send-keys C-c && sleep 3 && tmux -S %s has-session 2>/dev/null",
-		 sock, sock, sock, sock, sock, sock);
+		 "sleep 0.3 && tmux -S %s send-keys C-c && "
+		 "for i in $(seq 1 %d); do tmux -S %s has-session 2>/dev/null || exit 1; sleep 0.25; done",
+		 sock, sock, sock, 40 * slow, sock);
 	rc = tu_run(cmd, NULL, NULL);
 	if (rc == 0) { /* still there: do not leave it running */
 		snprintf(cmd, sizeof(cmd), "tmux -S %s kill-server", sock);
@@ -516,7 +539,6 @@ static void test_tmux(void **s)
 	free(l);
 	free(out);
 }
-
 
 int main(void)
 {

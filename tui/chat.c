@@ -115,6 +115,13 @@ static int on_token(void *user, int prev, int id)
 	return atomic_load(&c->cancel);
 }
 
+static int quant_cancel(void *user, long done, long total)
+{
+	(void)done;
+	(void)total;
+	return atomic_load(&((chat *)user)->cancel);
+}
+
 /* both models in turn, the same seed: the answers differ only where the
  * quantized model's distribution does */
 static void *gen_main(void *arg)
@@ -123,7 +130,8 @@ static void *gen_main(void *arg)
 	qs_error err = { 0 };
 	int rc = 0;
 	if (!c->qm) {
-		quant_opts qo = { .calib = c->calib, .n_calib = c->n_calib, .calib_len = 512 };
+		quant_opts qo = { .calib = c->calib, .n_calib = c->n_calib, .calib_len = 512,
+				  .progress = quant_cancel, .user = c }; /* Ctrl-C stops it too */
 		if (c->plan.n)
 			rc = quant_model(c->base, &c->plan, &qo, &c->qm, NULL, &err);
 		else if (!(c->qm = model_derive(c->base, &err)))

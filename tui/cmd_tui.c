@@ -97,6 +97,7 @@ typedef struct evaluator {
 	eval_cache *ec;
 	int *calib;
 	job j;
+	atomic_int cancel;     /* set when the workbench closes */
 	quant_plan plan;
 	wb_eval res;
 	int rc;
@@ -125,13 +126,21 @@ static int ev_prepare(evaluator *e, qs_error *err)
 	return 0;
 }
 
+static int ev_cancel(void *user, long done, long total)
+{
+	(void)done;
+	(void)total;
+	return atomic_load(&((evaluator *)user)->cancel);
+}
+
 static void ev_run(void *arg)
 {
 	evaluator *e = arg;
 	qs_error err = { 0 };
 	e->rc = ev_prepare(e, &err);
 	if (!e->rc)
-		e->rc = wb_evaluate(e->m, e->ec, &e->plan, e->calib, t_calib_n, 512, &e->res, &err);
+		e->rc = wb_evaluate(e->m, e->ec, &e->plan, e->calib, t_calib_n, 512, &e->res, ev_cancel, e,
+				    &err);
 	snprintf(e->err, sizeof(e->err), "%s", e->rc ? err.msg : "");
 }
 
@@ -193,6 +202,13 @@ static int full_on_chunk(void *user, int chunk, int n, double running)
 	return atomic_load(&f->cancel);
 }
 
+static int full_cancel(void *user, long done, long total)
+{
+	(void)done;
+	(void)total;
+	return atomic_load(&((fuller *)user)->cancel);
+}
+
 static void full_run(void *arg)
 {
 	fuller *f = arg;
@@ -203,7 +219,8 @@ static void full_run(void *arg)
 		f->rc = qs_err(&err, QS_EIO, "%s: cannot read the evaluation text", t_eval);
 	if (!f->rc && !f->calib && quant_plan_needs_calib(&f->plan))
 		f->rc = sample_calib(f->m, &f->calib, &err);
-	quant_opts qo = { .calib = f->calib, .n_calib = t_calib_n, .calib_len = 512 };
+	quant_opts qo = { .calib = f->calib, .n_calib = t_calib_n, .calib_len = 512,
+			  .progress = full_cancel, .user = f };
 	if (!f->rc)
 		f->rc = quant_model(f->m, &f->plan, &qo, &qm, NULL, &err);
 	eval_ppl_opts eo = { .ctx = 512, .n_chunks = t_full_chunks, .on_chunk = full_on_chunk, .user = f };
@@ -269,10 +286,18 @@ static void full_release(fuller *f)
 typedef struct calibrator {
 	const model *m;
 	job j;
+	atomic_int cancel;     /* set when the workbench closes */
 	calib_set *set;
 	int rc;
 	char err[512];
 } calibrator;
+
+static int cal_cancel(void *user, long done, long total)
+{
+	(void)done;
+	(void)total;
+	return atomic_load(&((calibrator *)user)->cancel);
+}
 
 static void cal_run(void *arg)
 {
@@ -290,7 +315,7 @@ static void cal_run(void *arg)
 		return;
 	}
 	k->rc = calib_collect(k->m, text, len, &o, calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir,
-			      NULL, NULL, &k->set, NULL, &err);
+			      cal_cancel, k, &k->set, NULL, &err);
 	free(text);
 	snprintf(k->err, sizeof(k->err), "%s", k->rc ? err.msg : "");
 }
@@ -323,12 +348,14 @@ static int cal_poll(calibrator *k, wb *w)
 
 static void cal_release(calibrator *k)
 {
+	atomic_store(&k->cancel, 1);
 	job_wait(&k->j);
 	calib_set_free(k->set);
 }
 
 static void ev_release(evaluator *e)
 {
+	atomic_store(&e->cancel, 1);
 	job_wait(&e->j);
 	eval_cache_free(e->ec);
 	free(e->calib);

@@ -362,7 +362,8 @@ static int first_layer(const model *m, const char *name)
 }
 
 int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *calib,
-		int n_calib, int calib_len, wb_eval *out, qs_error *err)
+		int n_calib, int calib_len, wb_eval *out, qs_progress_fn cancel, void *cancel_user,
+		qs_error *err)
 {
 	memset(out, 0, sizeof(*out));
 	const eval_ppl_result *b = eval_cache_base(ec);
@@ -374,7 +375,8 @@ int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *
 		return 0; /* the unquantized model: nothing to run */
 	if (quant_plan_needs_calib(p) && !calib)
 		return qs_err(err, QS_EUSAGE, "the plan needs calibration data");
-	quant_opts qo = { .calib = calib, .n_calib = n_calib, .calib_len = calib_len };
+	quant_opts qo = { .calib = calib, .n_calib = n_calib, .calib_len = calib_len,
+			  .progress = cancel, .user = cancel_user };
 	model *qm = NULL;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);

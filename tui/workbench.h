@@ -53,9 +53,11 @@ typedef struct wb_eval {
 
 /* Quantize m with p and evaluate it against m on ec from the first layer
  * with a quantized tensor. calib (n_calib x calib_len, may be NULL) serves
- * plans that need calibration (GPTQ, AWQ, ...). */
+ * plans that need calibration (GPTQ, AWQ, ...). cancel (may be NULL) is
+ * asked between layers of the quantization; nonzero stops it. */
 int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *calib,
-		int n_calib, int calib_len, wb_eval *out, qs_error *err);
+		int n_calib, int calib_len, wb_eval *out, qs_progress_fn cancel, void *cancel_user,
+		qs_error *err);
 /* A counter that grows with every change of the plan (for saving). */
 unsigned wb_plan_version(const wb *w);
 /* Has the plan changed since the last wb_take_plan? */
