@@ -418,6 +418,47 @@ static void test_session(void **s)
 	free(scr);
 }
 
+/* The w.err column after an evaluation: q4_0 on blk.0.attn_q, against the
+ * format's definition computed here (ggml's Q4_0: blocks of 32, d = the
+ * value of largest magnitude / -8, codes round(x/d + 8) clamped to 0..15,
+ * d stored as FP16). */
+static void test_weight_error(void **s)
+{
+	(void)s;
+	const model_tensor *t = model_find(m, "blk.0.attn_q.weight");
+	size_t n = (size_t)(t->ne[0] * t->ne[1]);
+	double num = 0, den = 0;
+	for (size_t b0 = 0; b0 < n; b0 += 32) {
+		float x[32], amax = 0, mx = 0;
+		for (int j = 0; j < 32; j++) {
+			x[j] = kn_fp16_to_fp32_ref(((const kn_fp16 *)t->data)[b0 + j]);
+			if (fabsf(x[j]) > amax) {
+				amax = fabsf(x[j]);
+				mx = x[j];
+			}
+		}
+		float d = mx / -8, id = d ? 1.0f / d : 0;
+		float d16 = kn_fp16_to_fp32_ref(kn_fp32_to_fp16_ref(d));
+		for (int j = 0; j < 32; j++) {
+			int q = (int)(x[j] * id + 8.5f);
+			q = q > 15 ? 15 : q;
+			double y = (double)(q - 8) * d16;
+			num += (x[j] - y) * (x[j] - y);
+			den += (double)x[j] * x[j];
+		}
+	}
+	char want[32];
+	snprintf(want, sizeof(want), "%6.4f", sqrt(num / den));
+	int rc;
+	char *scr = screen_opts("110x12", "f", "--fresh --chunks 1", &rc);
+	char *l = line_of(scr, "blk.0.attn_q.weight");
+	assert_non_null(l);
+	if (!strstr(l, "q4_0") || !strstr(l, want))
+		fail_msg("w.err %s (computed here) not in: %s", want, l);
+	free(l);
+	free(scr);
+}
+
 /* The live evaluation after an edit equals `qscope quant` on the same plan
  * and chunks (eval_compare from scratch, not the workbench's cache). */
 static void test_live_eval(void **s)
@@ -554,6 +595,7 @@ int main(void)
 		cmocka_unit_test(test_chat),
 		cmocka_unit_test(test_demo),
 		cmocka_unit_test(test_full_eval),
+		cmocka_unit_test(test_weight_error),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),
 	};

@@ -26,6 +26,7 @@ typedef struct wb_row {
 	const char *kind;
 	int layer;         /* block; -1 token_embd; n_layers output */
 	double kurt;       /* weight kurtosis */
+	double werr;       /* ||W - Q(W)|| / ||W|| at the last evaluation, or NaN */
 	wb_spec sp;
 	int sel;
 } wb_row;
@@ -237,6 +238,7 @@ wb *wb_new(const model *m, const sens_table *sens, qs_error *err)
 				continue;
 			wb_row *r = &w->rows[w->n++];
 			r->t = t;
+			r->werr = NAN;
 			r->kind = kind;
 			r->layer = !strcmp(kind, "token_embd") ? -1 : !strcmp(kind, "output") ? m->cfg.n_layers : 0;
 			if (!edge)
@@ -351,6 +353,12 @@ void wb_set_eval(wb *w, const wb_eval *e, const char *err_msg)
 	w->ev_err[0] = 0;
 	w->ev = *e;
 	w->have_eval = 1;
+	for (int i = 0; i < w->n; i++) {
+		w->rows[i].werr = NAN;
+		for (int k = 0; k < e->n_err; k++)
+			if (!strcmp(e->err_name[k], w->rows[i].t->name))
+				w->rows[i].werr = e->err[k];
+	}
 }
 
 static int first_layer(const model *m, const char *name)
@@ -394,6 +402,29 @@ int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *
 	}
 	if (qm->actq)
 		from = 0; /* activation quantization acts at every site */
+	/* how far each quantized matrix is from the original */
+	for (int i = 0; i < p->n && out->n_err < WB_MAX_ERR; i++) {
+		const quant_spec *s = &p->e[i].spec;
+		double e = NAN;
+		if (s->method != QUANT_AWQ && s->method != QUANT_SMOOTHQUANT) {
+			float *wa = model_tensor_f32(model_find(m, p->e[i].name));
+			float *wq = model_tensor_f32(model_find(qm, p->e[i].name));
+			const model_tensor *t = model_find(m, p->e[i].name);
+			if (wa && wq) {
+				double num = 0, den = 0;
+				for (size_t j = 0; j < (size_t)(t->ne[0] * t->ne[1]); j++) {
+					double d = (double)wa[j] - wq[j];
+					num += d * d;
+					den += (double)wa[j] * wa[j];
+				}
+				e = den > 0 ? sqrt(num / den) : 0;
+			}
+			free(wa);
+			free(wq);
+		}
+		snprintf(out->err_name[out->n_err], sizeof(out->err_name[0]), "%s", p->e[i].name);
+		out->err[out->n_err++] = e;
+	}
 	eval_cmp_result r;
 	rc = eval_cache_run(ec, qm, from, &r, err);
 	if (!rc) {
@@ -1103,7 +1134,7 @@ void wb_draw(wb *w, tui_canvas *c)
 	tui_putf(c, 0, 0, 0, TUI_BOLD, "qscope  %s  %d tensors  sort: %s%s%s", m->path, w->n,
 		 sort_names[w->sort], w->have_re ? "  filter: " : "", w->have_re ? w->filter : "");
 	/* columns: name 26, shape 10, params 8, spec 20, bpw 6, kurt 8, KLD */
-	const int x_shape = 26, x_par = 37, x_spec = 46, x_bpw = 67, x_kurt = 73, x_sens = 82;
+	const int x_shape = 26, x_par = 37, x_spec = 46, x_bpw = 67, x_kurt = 73, x_err = 82, x_sens = 89;
 	int y = 1;
 	tui_put(c, y, 0, 0, TUI_BOLD, "tensor");
 	tui_put(c, y, x_shape, 0, TUI_BOLD, "shape");
@@ -1112,6 +1143,8 @@ void wb_draw(wb *w, tui_canvas *c)
 	tui_put(c, y, x_bpw, 0, TUI_BOLD, "bpw");
 	if (c->w > x_kurt + 4)
 		tui_put(c, y, x_kurt, 0, TUI_BOLD, "w.kurt");
+	if (c->w > x_err + 4)
+		tui_put(c, y, x_err, 0, TUI_BOLD, "w.err");
 	if (c->w > x_sens + 4)
 		tui_put(c, y, x_sens, 0, TUI_BOLD, w->sens ? "KLD (scan)" : "KLD");
 	int first = 2, last = c->h - 4; /* rows first..last; eval bar, footer and status below */
@@ -1140,6 +1173,12 @@ void wb_draw(wb *w, tui_canvas *c)
 		tui_putf(c, yy, x_bpw, 6, attr, "%6.3f", 8.0 * (double)row_bytes(r) / (double)row_params(r));
 		if (c->w > x_kurt + 4)
 			tui_putf(c, yy, x_kurt, 8, attr, "%8.2f", r->kurt);
+		if (c->w > x_err + 4) {
+			if (r->sp.on && !isnan(r->werr))
+				tui_putf(c, yy, x_err, 6, attr, "%6.4f", r->werr);
+			else
+				tui_put(c, yy, x_err, 6, attr, "     -");
+		}
 		const sens_entry *e = row_sens(w, r);
 		if (c->w > x_sens + 4) {
 			if (e)

@@ -45,10 +45,17 @@ void wb_draw(wb *w, tui_canvas *c);
 /* ---- live evaluation: after a change the plan is quantized and evaluated
  * on a quick set (eval_cache), off the UI thread; the workbench only shows
  * the result. */
+#define WB_MAX_ERR 512
 typedef struct wb_eval {
 	double base_ppl, ppl, kld, same_top, seconds;
 	size_t bytes, params; /* of the evaluated plan's quantized tensors */
 	int chunks, n_quantized;
+	/* weight reconstruction error ||W - Q(W)|| / ||W|| of each quantized
+	 * tensor (NaN where the quantizer rescaled the weights: AWQ,
+	 * SmoothQuant), in plan order */
+	int n_err;
+	char err_name[WB_MAX_ERR][64];
+	double err[WB_MAX_ERR];
 } wb_eval;
 
 /* Quantize m with p and evaluate it against m on ec from the first layer
