@@ -43,6 +43,8 @@ struct chat {
 	FILE *devnull;
 };
 
+pthread_mutex_t tui_compute_mu = PTHREAD_MUTEX_INITIALIZER;
+
 /* readline is one global state: one chat at a time */
 static chat *g_chat;
 static unsigned char g_q[32];
@@ -129,6 +131,7 @@ static void *gen_main(void *arg)
 	chat *c = arg;
 	qs_error err = { 0 };
 	int rc = 0;
+	pthread_mutex_lock(&tui_compute_mu);
 	if (!c->qm) {
 		quant_opts qo = { .calib = c->calib, .n_calib = c->n_calib, .calib_len = 512,
 				  .progress = quant_cancel, .user = c }; /* Ctrl-C stops it too */
@@ -150,13 +153,19 @@ static void *gen_main(void *arg)
 			tokcb t = { c, k };
 			gen_result r;
 			rc = gen_run(f, m, ids, c->n_prompt, CHAT_PREDICT, len, &so, on_token, &t, &r, &err);
-			if (!rc)
+			if (!rc) {
+				pthread_mutex_lock(&c->mu);
 				c->tps[k] = r.decode_seconds > 0 ? (double)r.n_gen / r.decode_seconds : 0;
+				pthread_mutex_unlock(&c->mu);
+			}
 		}
 		free(ids);
 		fwd_free(f);
 	}
+	pthread_mutex_unlock(&tui_compute_mu);
+	pthread_mutex_lock(&c->mu);
 	snprintf(c->err, sizeof(c->err), "%.250s", rc == QS_ECANCEL ? "stopped" : rc ? err.msg : "");
+	pthread_mutex_unlock(&c->mu);
 	atomic_store(&c->done, 1);
 	atomic_store(&c->fresh, 1);
 	return NULL;
@@ -374,9 +383,12 @@ void chat_draw(chat *c, tui_canvas *cv)
 	int a[CHAT_PREDICT], b[CHAT_PREDICT];
 	memcpy(a, c->out[0], sizeof(int) * (size_t)n0);
 	memcpy(b, c->out[1], sizeof(int) * (size_t)n1);
+	double tps0 = c->tps[0], tps1 = c->tps[1];
+	char msg[256];
+	snprintf(msg, sizeof(msg), "%s", c->err);
 	pthread_mutex_unlock(&c->mu);
-	tui_putf(cv, 1, 0, half, TUI_BOLD, "original  %.0f tok/s", c->tps[0]);
-	tui_putf(cv, 1, half + 1, half, TUI_BOLD, "quantized (%s)  %.0f tok/s", c->desc, c->tps[1]);
+	tui_putf(cv, 1, 0, half, TUI_BOLD, "original  %.0f tok/s", tps0);
+	tui_putf(cv, 1, half + 1, half, TUI_BOLD, "quantized (%s)  %.0f tok/s", c->desc, tps1);
 	for (int y = 1; y < cv->h - 3; y++)
 		tui_put(cv, y, half, 1, TUI_DIM, "\u2502");
 	if (c->n_prompt) {
@@ -393,8 +405,8 @@ void chat_draw(chat *c, tui_canvas *cv)
 			if (first < 0)
 				first = i;
 		}
-	if (c->err[0])
-		tui_putf(cv, cv->h - 3, 0, 0, TUI_BOLD, "chat: %s", c->err);
+	if (msg[0])
+		tui_putf(cv, cv->h - 3, 0, 0, TUI_BOLD, "chat: %s", msg);
 	else if (c->generating)
 		tui_putf(cv, cv->h - 3, 0, 0, TUI_DIM, "generating... %d + %d tokens (Esc stops)", n0, n1);
 	else if (n1 && first >= 0)

@@ -11,6 +11,14 @@
 #include "../engine/quantize.h"
 #include "canvas.h"
 
+#include <pthread.h>
+
+/* One heavy computation at a time in the workbench (evaluations,
+ * calibration, the chat's generation): OpenBLAS and OpenMP are shared by
+ * all threads. Worker threads hold it while they compute; the UI thread
+ * never takes it, so it keeps answering keys. */
+extern pthread_mutex_t tui_compute_mu;
+
 typedef struct chat chat;
 
 /* base is the original model; the quantized one is built from plan (which

@@ -59,7 +59,9 @@ typedef struct job {
 static void *job_main(void *a)
 {
 	job *j = a;
+	pthread_mutex_lock(&tui_compute_mu); /* one computation at a time (chat.h) */
 	j->fn(j->arg);
+	pthread_mutex_unlock(&tui_compute_mu);
 	atomic_store(&j->done, 1);
 	return NULL;
 }
