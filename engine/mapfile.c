@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -44,4 +45,23 @@ void qs_map_close(qs_map *m)
 		munmap((void *)m->data, m->size);
 	m->data = NULL;
 	m->size = 0;
+}
+
+int qs_write_atomic(const char *path, const void *data, size_t len, qs_error *err)
+{
+	char tmp[4200];
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof(tmp))
+		return qs_err(err, QS_EUSAGE, "%s: path too long", path);
+	FILE *f = fopen(tmp, "wb");
+	if (!f)
+		return qs_err(err, QS_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+	int bad = fwrite(data, 1, len, f) != len;
+	bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
+	bad |= fclose(f) != 0;
+	if (bad || rename(tmp, path) != 0) {
+		int e = errno;
+		unlink(tmp);
+		return qs_err(err, QS_EIO, "%s: cannot write: %s", path, strerror(e));
+	}
+	return 0;
 }

@@ -16,6 +16,7 @@
 #include "../kernels/qmatrix.h"
 #include "../kernels/types.h"
 #include "calib.h"
+#include "mapfile.h"
 #include "forward.h"
 
 static double now_s(void)
@@ -921,22 +922,7 @@ int quant_plan_save(const char *path, const model *m, const quant_plan *p, const
 	json_decref(root);
 	if (!text)
 		return qs_err(err, QS_ENOMEM, "recipe: out of memory");
-	char tmp[1200];
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-	FILE *f = fopen(tmp, "wb");
-	int rc = 0;
-	if (!f) {
-		rc = qs_err(err, QS_EIO, "%s: cannot write: %s", tmp, strerror(errno));
-	} else {
-		size_t n = strlen(text);
-		int bad = fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF || fflush(f) ||
-			  fsync(fileno(f));
-		bad |= fclose(f) != 0;
-		if (bad || rename(tmp, path)) {
-			rc = qs_err(err, QS_EIO, "%s: cannot write: %s", path, strerror(errno));
-			unlink(tmp);
-		}
-	}
+	int rc = qs_write_atomic(path, text, strlen(text), err);
 	free(text);
 	return rc;
 }

@@ -14,6 +14,7 @@
 #include "calib.h"
 #include "eval.h"
 #include "forward.h"
+#include "mapfile.h"
 #include "quant.h"
 #include "quantize.h"
 
@@ -393,25 +394,11 @@ int sens_save(const char *path, const sens_table *t, qs_error *err)
 	char *text = sens_dumps(t);
 	if (!text)
 		return qs_err(err, QS_ENOMEM, "sensitivity: out of memory");
-	char tmp[1100];
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-	if (calib_make_parents(path, err)) {
-		free(text);
-		return err ? err->code : QS_EIO;
-	}
-	FILE *f = fopen(tmp, "wb");
-	int rc = 0;
-	if (!f)
-		rc = qs_err(err, QS_EIO, "%s: cannot write: %s", tmp, strerror(errno));
-	else {
+	int rc = calib_make_parents(path, err);
+	if (!rc) {
 		size_t n = strlen(text);
-		int bad = fwrite(text, 1, n, f) != n || fputc('\n', f) == EOF || fflush(f) ||
-			  fsync(fileno(f));
-		bad |= fclose(f) != 0;
-		if (bad || rename(tmp, path)) {
-			rc = qs_err(err, QS_EIO, "%s: cannot write: %s", path, strerror(errno));
-			unlink(tmp);
-		}
+		text[n] = '\n'; /* the terminating NUL becomes the file's final newline */
+		rc = qs_write_atomic(path, text, n + 1, err);
 	}
 	free(text);
 	return rc;

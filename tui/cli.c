@@ -10,6 +10,7 @@
 
 #include "../engine/calib.h"
 #include "../engine/forward.h"
+#include "../engine/mapfile.h"
 
 void cli_print_opts(FILE *out, const opt *o)
 {
@@ -155,19 +156,9 @@ int cli_dump_json(json_t *o)
 
 int cli_write_atomic(const char *path, const void *data, size_t len)
 {
-	char tmp[4200];
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-	FILE *f = fopen(tmp, "wb");
-	if (!f) {
-		fprintf(stderr, "qscope: %s: cannot create: %s\n", tmp, strerror(errno));
-		return EXIT_INPUT;
-	}
-	int bad = fwrite(data, 1, len, f) != len;
-	bad |= fflush(f) != 0 || fsync(fileno(f)) != 0;
-	bad |= fclose(f) != 0;
-	if (bad || rename(tmp, path) != 0) {
-		fprintf(stderr, "qscope: %s: write failed: %s\n", path, strerror(errno));
-		unlink(tmp);
+	qs_error err = { 0 };
+	if (qs_write_atomic(path, data, len, &err)) {
+		fprintf(stderr, "qscope: %s\n", err.msg);
 		return EXIT_INPUT;
 	}
 	return 0;
@@ -187,17 +178,28 @@ const char *cli_default_calib(void)
 	return cli_shared_data("debdoc-calib.txt", buf, sizeof(buf));
 }
 
-int cli_sample_calib(const model *m, int n_samples, int **out, qs_error *err)
+int cli_sample_calib_file(const model *m, const char *file, const calib_opts *o, int **out,
+			 qs_error *err)
 {
 	char *text = NULL;
 	size_t len;
-	const char *cf = cli_default_calib();
+	const char *cf = file ? file : cli_default_calib();
 	if (cli_read_text(cf, &text, &len))
 		return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
+	int rc = calib_sample_text(m, text, len, o, out, NULL, err);
+	free(text);
+	if (rc) {
+		char msg[sizeof(err->msg)];
+		snprintf(msg, sizeof(msg), "%s", err->msg);
+		qs_err(err, rc, "%s: %.400s", cf, msg);
+	}
+	return rc;
+}
+
+int cli_sample_calib(const model *m, int n_samples, int **out, qs_error *err)
+{
 	calib_opts o;
 	calib_opts_default(&o);
 	o.n_samples = n_samples;
-	int rc = calib_sample_text(m, text, len, &o, out, NULL, err);
-	free(text);
-	return rc;
+	return cli_sample_calib_file(m, NULL, &o, out, err);
 }

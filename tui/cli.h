@@ -46,6 +46,11 @@ const char *cli_default_calib(void);
 /* n_samples windows of 512 tokens of the default calibration text (seed 0,
  * BOS first), malloc'd into *out. */
 int cli_sample_calib(const model *m, int n_samples, int **out, qs_error *err);
+/* The same with any settings, from file (NULL: the default text); errors
+ * name the file. */
+struct calib_opts;
+int cli_sample_calib_file(const model *m, const char *file, const struct calib_opts *o, int **out,
+			 qs_error *err);
 /* $QSCOPE_SHARED/data/FILE (../shared/data/FILE if unset) into buf. */
 const char *cli_shared_data(const char *file, char *buf, size_t cap);
 /* Set threads, open co->model (default DEFAULT_MODEL); prints errors. */

@@ -300,7 +300,6 @@ int cmd_quant(int argc, char **argv)
 	quant_plan plan = { 0 };
 	host h = { 0 };
 	int *calib = NULL, *ids = NULL;
-	char *text = NULL;
 	if ((rc = cli_open_model(&co, &m)))
 		return rc;
 	h.m = m;
@@ -324,18 +323,14 @@ int cmd_quant(int argc, char **argv)
 	quant_opts qo = { .progress = co.json ? NULL : print_progress, .awq_rows = q_awq_rows,
 			  .batch = q_batch };
 	if (quant_plan_needs_calib(&plan) || q_lerr) {
-		const char *cf = co.file ? co.file : cli_default_calib();
-		size_t len;
 		calib_opts copts;
 		calib_opts_default(&copts);
 		copts.n_samples = q_samples;
 		copts.seq_len = q_seq;
 		copts.seed = (uint64_t)q_seed;
 		copts.raw_windows = q_bos;
-		if ((rc = cli_read_text(cf, &text, &len)))
-			goto out;
-		if (calib_sample_text(m, text, len, &copts, &calib, NULL, &err)) {
-			fprintf(stderr, "qscope quant: %s: %s\n", cf, err.msg);
+		if (cli_sample_calib_file(m, co.file, &copts, &calib, &err)) {
+			fprintf(stderr, "qscope quant: %s\n", err.msg);
 			rc = EXIT_INPUT;
 			goto out;
 		}
@@ -463,7 +458,6 @@ out:
 	calib_set_free(h.calib);
 	free(ids);
 	free(calib);
-	free(text);
 	quant_plan_release(&plan);
 	model_free(qm);
 	model_free(m);

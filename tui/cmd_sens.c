@@ -67,11 +67,10 @@ void sens_cli_defaults(sens_cli *c)
 int sens_cli_run(const model *m, const sens_cli *c, const char *const *cands, int n_cands,
 		 sens_table *out, int *cache_hit)
 {
-	char evbuf[4096], calbuf[4096], dir[1024], path[1200];
+	char evbuf[4096], dir[1024], path[1200];
 	const char *ev = c->eval ? c->eval : cli_shared_data("debdoc-val.txt", evbuf, sizeof(evbuf));
 	int *ids = NULL, *calib = NULL, rc = 0;
 	size_t n_ids = 0;
-	char *ctext = NULL;
 	qs_error err = { 0 };
 	*cache_hit = 0;
 	if ((rc = cli_tokenize_file(m, ev, &ids, &n_ids)))
@@ -105,17 +104,13 @@ int sens_cli_run(const model *m, const sens_cli *c, const char *const *cands, in
 		need_calib |= sp.method == QUANT_GPTQ || sp.outlier_thresh > 0;
 	}
 	if (need_calib) {
-		const char *cf = c->calib ? c->calib : cli_shared_data("debdoc-calib.txt", calbuf, sizeof(calbuf));
-		size_t len;
 		calib_opts copts;
 		calib_opts_default(&copts);
 		copts.n_samples = c->samples;
 		copts.seq_len = c->seq_len;
 		copts.seed = (uint64_t)c->seed;
-		if ((rc = cli_read_text(cf, &ctext, &len)))
-			goto out;
-		if (calib_sample_text(m, ctext, len, &copts, &calib, NULL, &err)) {
-			fprintf(stderr, "qscope sensitivity: %s: %s\n", cf, err.msg);
+		if (cli_sample_calib_file(m, c->calib, &copts, &calib, &err)) {
+			fprintf(stderr, "qscope sensitivity: %s\n", err.msg);
 			rc = EXIT_INPUT;
 			goto out;
 		}
@@ -147,7 +142,6 @@ int sens_cli_run(const model *m, const sens_cli *c, const char *const *cands, in
 out:
 	free(ids);
 	free(calib);
-	free(ctext);
 	return rc;
 }
 

@@ -761,6 +761,19 @@ static void set_filter(wb *w, const char *re)
 			 w->n_view, w->n);
 }
 
+/* a one-line input: Backspace and printable ASCII */
+static void line_edit(char *buf, size_t cap, int key)
+{
+	size_t n = strlen(buf);
+	if (key == WB_KEY_BACKSPACE) {
+		if (n)
+			buf[n - 1] = 0;
+	} else if (key >= 32 && key < 127 && n + 1 < cap) {
+		buf[n] = (char)key;
+		buf[n + 1] = 0;
+	}
+}
+
 int wb_key(wb *w, int key)
 {
 	if (key == WB_KEY_RESIZE)
@@ -784,12 +797,8 @@ int wb_key(wb *w, int key)
 			}
 		} else if (key == WB_KEY_ESC) {
 			w->mode = MODE_POLICY;
-		} else if (key == WB_KEY_BACKSPACE) {
-			if (n)
-				w->input[n - 1] = 0;
-		} else if (key >= 32 && key < 127 && n + 1 < sizeof(w->input)) {
-			w->input[n] = (char)key;
-			w->input[n + 1] = 0;
+		} else {
+			line_edit(w->input, sizeof(w->input), key);
 		}
 		return WB_REDRAW;
 	}
@@ -810,18 +819,13 @@ int wb_key(wb *w, int key)
 		return WB_REDRAW;
 	}
 	if (w->mode == MODE_FILTER) {
-		size_t n = strlen(w->input);
 		if (key == WB_KEY_ENTER) {
 			w->mode = MODE_TABLE;
 			set_filter(w, w->input);
 		} else if (key == WB_KEY_ESC) {
 			w->mode = MODE_TABLE;
-		} else if (key == WB_KEY_BACKSPACE) {
-			if (n)
-				w->input[n - 1] = 0;
-		} else if (key >= 32 && key < 127 && n + 1 < sizeof(w->input)) {
-			w->input[n] = (char)key;
-			w->input[n + 1] = 0;
+		} else {
+			line_edit(w->input, sizeof(w->input), key);
 		}
 		return WB_REDRAW;
 	}
