@@ -282,6 +282,9 @@ struct eval_cache {
 	int *toks;               /* (n_chunks, ctx - 1) inputs, BOS first */
 	int *tgt;                /* (n_chunks, per) targets */
 	float *hid;              /* (L, n_chunks * (ctx - 1), dim) input of each layer */
+	float *hid2;             /* the same for the last kept run's model, or NULL */
+	int last_ok;             /* hid2 holds the last run's states */
+	int last_from;           /* ... for layers > last_from; base's at and below */
 	float *lp;               /* (n_chunks * per, V) base log-probabilities */
 	float *logits;           /* (batch * per, V) scratch */
 	float *scr;              /* (threads, V) scratch */
@@ -297,6 +300,7 @@ void eval_cache_free(eval_cache *c)
 	free(c->toks);
 	free(c->tgt);
 	free(c->hid);
+	free(c->hid2);
 	free(c->lp);
 	free(c->logits);
 	free(c->scr);
@@ -313,9 +317,23 @@ int eval_cache_chunks(const eval_cache *c)
 	return c->n_chunks;
 }
 
+static float *hid_in(const eval_cache *c, float *h, int l, int c0)
+{
+	return h + ((size_t)l * c->n_chunks + (size_t)c0) * (size_t)(c->ctx - 1) * c->D;
+}
+
 static float *hid_at(const eval_cache *c, int l, int c0)
 {
-	return c->hid + ((size_t)l * c->n_chunks + (size_t)c0) * (size_t)(c->ctx - 1) * c->D;
+	return hid_in(c, c->hid, l, c0);
+}
+
+int eval_cache_keep(eval_cache *c, qs_error *err)
+{
+	if (!c->hid2 &&
+	    !(c->hid2 = malloc(sizeof(float) * (size_t)c->L * c->n_chunks * (size_t)(c->ctx - 1) * c->D)))
+		return qs_err(err, QS_ENOMEM, "eval: out of memory for a second copy of the cached states");
+	c->last_ok = 0;
+	return 0;
 }
 
 eval_cache *eval_cache_new(const model *base, const int *tokens, size_t n_tokens, int n_chunks,
@@ -413,16 +431,25 @@ fail_quiet:
 	return NULL;
 }
 
-int eval_cache_run(eval_cache *c, const model *test, int from_layer, eval_cmp_result *r,
-		   qs_error *err)
+/* from_layer -1: the embeddings differ too. since_last: test equals the
+ * last kept run's model below from_layer (else: equals base there). */
+static int cache_run(eval_cache *c, const model *test, int from_layer, int since_last,
+		     eval_cmp_result *r, qs_error *err)
 {
 	memset(r, 0, sizeof(*r));
-	if (from_layer < 0 || from_layer > c->L)
-		return qs_err(err, QS_EUSAGE, "eval: layer %d out of range 0..%d", from_layer, c->L);
+	if (from_layer < -1 || from_layer > c->L)
+		return qs_err(err, QS_EUSAGE, "eval: layer %d out of range -1..%d", from_layer, c->L);
+	if (since_last && !c->last_ok)
+		return qs_err(err, QS_EUSAGE, "eval: no kept run to continue from");
 	int rc = fwd_set_model(c->f, test, err);
 	if (rc)
 		return rc;
 	const size_t T = (size_t)c->ctx - 1, V = (size_t)c->V;
+	/* the layer to start at (the head alone reruns the last layer) and
+	 * where its input comes from */
+	const int start = from_layer < 0 ? 0 : from_layer < c->L ? from_layer : c->L - 1;
+	float *src = since_last && start > c->last_from ? c->hid2 : c->hid;
+	c->last_ok = 0; /* hid2 is being rewritten */
 	long total = (long)c->n_chunks * c->per;
 	double *kl = malloc(sizeof(double) * (size_t)total);
 	if (!kl) {
@@ -433,12 +460,16 @@ int eval_cache_run(eval_cache *c, const model *test, int from_layer, eval_cmp_re
 	long same = 0;
 	for (int c0 = 0; c0 < c->n_chunks; c0 += c->batch) {
 		int nb = c->n_chunks - c0 < c->batch ? c->n_chunks - c0 : c->batch;
-		memcpy(fwd_hidden(c->f), hid_at(c, from_layer < c->L ? from_layer : c->L - 1, c0),
-		       sizeof(float) * nb * T * c->D);
-		if (from_layer < c->L)
-			rc = fwd_layers(c->f, nb, (int)T, from_layer, c->L, err);
-		else /* the head alone: the residual after the last layer */
-			rc = fwd_layers(c->f, nb, (int)T, c->L - 1, c->L, err);
+		const size_t bytes = sizeof(float) * nb * T * c->D;
+		if (from_layer < 0)
+			rc = fwd_embed(c->f, c->toks + (size_t)c0 * T, nb, (int)T, err);
+		else
+			memcpy(fwd_hidden(c->f), hid_in(c, src, start, c0), bytes);
+		for (int l = start; !rc && l < c->L; l++) {
+			if (c->hid2 && (l > start || from_layer < 0)) /* keep the test model's states */
+				memcpy(hid_in(c, c->hid2, l, c0), fwd_hidden(c->f), bytes);
+			rc = fwd_layers(c->f, nb, (int)T, l, l + 1, err);
+		}
 		if (rc || (rc = fwd_head(c->f, nb, (int)T, c->first, c->logits, err)))
 			break;
 		long rows = (long)nb * c->per;
@@ -475,8 +506,31 @@ int eval_cache_run(eval_cache *c, const model *test, int from_layer, eval_cmp_re
 		r->base = c->base_r;
 		r->seconds = now_s() - t0;
 		r->test.seconds = r->seconds;
+		if (c->hid2) {
+			/* below last_from the model is base's; above, hid2 has it */
+			int lf = since_last && c->last_from < from_layer ? c->last_from : from_layer;
+			c->last_from = lf < start ? lf : start;
+			c->last_ok = 1;
+		}
 	}
 	free(kl);
 	fwd_set_model(c->f, c->base, NULL);
 	return rc;
+}
+
+int eval_cache_run(eval_cache *c, const model *test, int from_layer, eval_cmp_result *r,
+		   qs_error *err)
+{
+	return cache_run(c, test, from_layer, 0, r, err);
+}
+
+int eval_cache_run_last(eval_cache *c, const model *test, int from_layer, eval_cmp_result *r,
+			qs_error *err)
+{
+	return cache_run(c, test, from_layer, 1, r, err);
+}
+
+int eval_cache_has_last(const eval_cache *c)
+{
+	return c->last_ok;
 }

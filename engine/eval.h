@@ -67,9 +67,20 @@ const eval_ppl_result *eval_cache_base(const eval_cache *c);
 int eval_cache_chunks(const eval_cache *c);
 /* Evaluate test (same configuration as base; layers < from_layer must
  * equal base's) against base: r as eval_compare fills it. from_layer may be
- * n_layers (only the head differs). */
+ * n_layers (only the head differs) or -1 (the token embeddings differ). */
 int eval_cache_run(eval_cache *c, const model *test, int from_layer, eval_cmp_result *r,
 		   qs_error *err);
+/* Runs relative to the previous model, not only to base (the workbench
+ * changing one tensor of a plan that quantizes every layer): after
+ * eval_cache_keep (a second copy of the hidden states), every successful
+ * run keeps its model's layer inputs, and eval_cache_run_last evaluates a
+ * test model equal to the last run's model below from_layer (embeddings
+ * included when from_layer >= 0) by running only layers from_layer.. . A
+ * failed or cancelled run forgets the last one (eval_cache_has_last). */
+int eval_cache_keep(eval_cache *c, qs_error *err);
+int eval_cache_run_last(eval_cache *c, const model *test, int from_layer, eval_cmp_result *r,
+			qs_error *err);
+int eval_cache_has_last(const eval_cache *c);
 
 /* FLOPs of a prefill of n_seq sequences of n_tok tokens with logits for the
  * last n_logits positions of each: linear layers for every token, causal

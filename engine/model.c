@@ -370,6 +370,21 @@ float *model_tensor_f32(const model_tensor *t)
 	return w;
 }
 
+float *model_tensor_f32_orig(const model_tensor *t)
+{
+	float *w = model_tensor_f32(t);
+	if (!w || (!t->row_scale && !t->col_scale))
+		return w;
+	const size_t rows = (size_t)t->ne[1], cols = (size_t)t->ne[0];
+	for (size_t r = 0; r < rows; r++) {
+		const float rs = t->row_scale ? t->row_scale[r] : 1.0f;
+		float *wr = w + r * cols;
+		for (size_t j = 0; j < cols; j++)
+			wr[j] = t->col_scale ? rs * wr[j] / t->col_scale[j] : rs * wr[j];
+	}
+	return w;
+}
+
 void model_drop_pages(const model *m, const model_tensor *t)
 {
 	while (m->base) /* a derived model's data is its base's */

@@ -46,6 +46,12 @@ typedef struct model_tensor {
 	const void *data;  /* borrowed; lives as long as the model */
 	size_t nbytes;
 	const struct kn_qmatrix *q; /* quantized replacement (NULL: use data) */
+	/* In a derived model, how AWQ / SmoothQuant rescaled the matrix before
+	 * quantizing it (the inverse went into the norm or linear layer that
+	 * feeds it): the matrix stored here approximates
+	 * diag(1 / row_scale) W diag(col_scale) of the original W. NULL: 1. */
+	const float *row_scale; /* (ne[1]) */
+	const float *col_scale; /* (ne[0]) */
 } model_tensor;
 
 typedef struct model_layer {
@@ -114,6 +120,10 @@ size_t model_tensor_bytes(const model_tensor *t);
 /* A malloc'd f32 copy (rows, cols) of a tensor's current weights (its
  * quantized replacement dequantized, if any); NULL when out of memory. */
 float *model_tensor_f32(const model_tensor *t);
+/* The same, mapped back to the original matrix's space: row_scale and
+ * col_scale undone (diag(row_scale) M diag(1 / col_scale)), so it can be
+ * compared with the base model's weights and inputs. */
+float *model_tensor_f32_orig(const model_tensor *t);
 /* Let the kernel drop the resident pages of a tensor whose data is mapped
  * from the model file (they are read again from the file if touched); no-op
  * for data in memory. Quantizers call it on layers they are done with, so

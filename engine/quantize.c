@@ -217,6 +217,26 @@ static void expose_f32(qctx *c, int i)
 	t->q = NULL;
 }
 
+/* Record on t that its rows (rows != 0) or columns were multiplied by s:
+ * the product with any earlier record, in an owned buffer. */
+static int record_scale(qctx *c, model_tensor *t, int rows, const float *s)
+{
+	const int n = (int)(rows ? t->ne[1] : t->ne[0]);
+	const float *old = rows ? t->row_scale : t->col_scale;
+	float *v = malloc(sizeof(float) * (size_t)n);
+	if (!v)
+		return qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
+	for (int j = 0; j < n; j++)
+		v[j] = (old ? old[j] : 1.0f) * s[j];
+	if (model_keep_buffer(c->m, v, c->err))
+		return QS_ENOMEM;
+	if (rows)
+		t->row_scale = v;
+	else
+		t->col_scale = v;
+	return 0;
+}
+
 /* Replace a norm vector with an owned f32 copy divided by s. */
 static int fold_norm(qctx *c, const model_tensor *norm, const float *s)
 {
@@ -487,11 +507,19 @@ static int scale_layer(qctx *c)
 				if (!(rc = ensure_W(c, prev))) {
 					float *P = c->W[prev];
 					int pc = (int)c->mt[prev]->ne[0];
+					float *inv = malloc(sizeof(float) * (size_t)cols);
 					for (int r = 0; r < cols; r++)
 						for (int j = 0; j < pc; j++)
 							P[(size_t)r * pc + j] /= scales[r];
 					c->modified[prev] = 1;
 					expose_f32(c, prev);
+					if (!inv)
+						rc = qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
+					for (int r = 0; inv && r < cols; r++)
+						inv[r] = 1.0f / scales[r];
+					if (inv)
+						rc = record_scale(c, c->mt[prev], 1, inv);
+					free(inv);
 				}
 			}
 		}
@@ -504,6 +532,7 @@ static int scale_layer(qctx *c)
 				for (int j = 0; j < cols; j++)
 					W[(size_t)r * cols + j] *= scales[j];
 			c->modified[i] = 1;
+			rc = record_scale(c, c->mt[i], 0, scales);
 		}
 		for (long r = 0; !rc && r < c->xs_n[s]; r++)
 			for (int j = 0; j < cols; j++)
@@ -811,26 +840,26 @@ typedef struct lerr_ctx {
 	qs_error *err;
 } lerr_ctx;
 
-/* sqrt(tr(dW H dW^T) / tr(W H W^T)) for base tensor b and its quantized twin t */
-static double rel_err_h(const model_tensor *b, const model_tensor *t, const double *H)
+/* sqrt(tr(dW H dW^T) / tr(W H W^T)) for base tensor b and its quantized twin
+ * t (mapped back through any AWQ / SmoothQuant scales), H (cols x cols) the
+ * second moment of b's input; NaN when out of memory or W H W^T is 0. */
+static double rel_err_h(const model_tensor *b, const model_tensor *t, const float *H)
 {
 	int R = (int)b->ne[1], C = (int)b->ne[0];
-	float *W = model_tensor_f32(b), *Q = model_tensor_f32(t), *Hf = malloc(sizeof(float) * (size_t)C * C);
+	float *W = model_tensor_f32(b), *Q = model_tensor_f32_orig(t);
 	float *M = malloc(sizeof(float) * (size_t)R * C);
 	double num = NAN;
-	if (W && Q && Hf && M) {
-		for (size_t i = 0; i < (size_t)C * C; i++)
-			Hf[i] = (float)H[i];
+	if (W && Q && M) {
 		double den = 0;
 		num = 0;
 		/* M = W H; den = sum(M .* W) */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, W, C, Hf, C, 0.0f,
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, W, C, H, C, 0.0f,
 			    M, C);
 		for (size_t i = 0; i < (size_t)R * C; i++)
 			den += (double)M[i] * W[i];
 		for (size_t i = 0; i < (size_t)R * C; i++)
 			Q[i] = W[i] - Q[i];
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, Q, C, Hf, C, 0.0f,
+		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, Q, C, H, C, 0.0f,
 			    M, C);
 		for (size_t i = 0; i < (size_t)R * C; i++)
 			num += (double)M[i] * Q[i];
@@ -838,9 +867,31 @@ static double rel_err_h(const model_tensor *b, const model_tensor *t, const doub
 	}
 	free(W);
 	free(Q);
-	free(Hf);
 	free(M);
 	return num;
+}
+
+/* The base tensors reading a site's input (up to 3; the rest NULL). */
+static void site_tensors(const model *m, int layer, int site, const model_tensor *bt[3])
+{
+	bt[0] = bt[1] = bt[2] = NULL;
+	if (layer < 0) {
+		bt[0] = m->output;
+		return;
+	}
+	const model_layer *L = &m->layers[layer];
+	const model_tensor *sites[4][3] = { { L->wq, L->wk, L->wv }, { L->wo },
+					    { L->w_gate, L->w_up }, { L->w_down } };
+	if (site >= 0 && site < 4)
+		memcpy(bt, sites[site], sizeof(sites[0]));
+}
+
+static float *xtx_to_float(const double *xtx, int C)
+{
+	float *h = malloc(sizeof(float) * (size_t)C * C);
+	for (size_t i = 0; h && i < (size_t)C * C; i++)
+		h[i] = (float)xtx[i];
+	return h;
 }
 
 static int lerr_on_layer(void *user, int layer, calib_layer_stats *st)
@@ -850,23 +901,134 @@ static int lerr_on_layer(void *user, int layer, calib_layer_stats *st)
 		const calib_stats *cs = &st->site[k];
 		if (!cs->xtx)
 			continue;
-		const model_tensor *bt[3] = { NULL };
-		if (layer < 0) {
-			bt[0] = c->base->output;
-		} else {
-			const model_layer *L = &c->base->layers[layer];
-			const model_tensor *sites[4][3] = { { L->wq, L->wk, L->wv }, { L->wo },
-							    { L->w_gate, L->w_up }, { L->w_down } };
-			memcpy(bt, sites[cs->site], sizeof(bt));
-		}
+		const model_tensor *bt[3];
+		site_tensors(c->base, layer, cs->site, bt);
+		float *H = xtx_to_float(cs->xtx, cs->cols);
+		if (!H)
+			return qs_err(c->err, QS_ENOMEM, "layer errors: out of memory");
 		for (int i = 0; i < 3 && bt[i]; i++) {
 			int idx = (int)(bt[i] - c->base->tensors);
 			const model_tensor *qt = &c->qm->tensors[idx];
 			if (qt->q)
-				c->e[idx].rel_err = rel_err_h(bt[i], qt, cs->xtx);
+				c->e[idx].rel_err = rel_err_h(bt[i], qt, H);
+		}
+		free(H);
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------ X^T X store */
+
+struct quant_xtx {
+	const model *base;
+	int n_layers;
+	float *(*h)[4];  /* (n_layers) x site: cols x cols, or NULL */
+	float *head;     /* the output head's input */
+	int head_cols;
+	qs_error *err;   /* during collection */
+};
+
+size_t quant_xtx_bytes(const model *base)
+{
+	const model_config *cf = &base->cfg;
+	size_t b = 0;
+	for (int s = 0; s < 4; s++) {
+		size_t c = (size_t)calib_site_cols(cf, s);
+		b += c * c;
+	}
+	b *= (size_t)cf->n_layers;
+	b += (size_t)cf->dim * cf->dim;
+	return b * sizeof(float);
+}
+
+static int xtx_on_layer(void *user, int layer, calib_layer_stats *st)
+{
+	quant_xtx *x = user;
+	for (int k = 0; k < st->n_sites; k++) {
+		const calib_stats *cs = &st->site[k];
+		if (!cs->xtx)
+			continue;
+		float *H = xtx_to_float(cs->xtx, cs->cols);
+		if (!H)
+			return qs_err(x->err, QS_ENOMEM, "output errors: out of memory");
+		if (layer < 0) {
+			x->head = H;
+			x->head_cols = cs->cols;
+		} else {
+			x->h[layer][cs->site] = H;
 		}
 	}
 	return 0;
+}
+
+void quant_xtx_free(quant_xtx *x)
+{
+	if (!x)
+		return;
+	for (int l = 0; x->h && l < x->n_layers; l++)
+		for (int s = 0; s < 4; s++)
+			free(x->h[l][s]);
+	free(x->h);
+	free(x->head);
+	free(x);
+}
+
+int quant_xtx_collect(const model *base, const int *calib, int n_calib, int calib_len,
+		      size_t max_bytes, qs_progress_fn progress, void *puser, quant_xtx **out,
+		      qs_error *err)
+{
+	*out = NULL;
+	const size_t need = quant_xtx_bytes(base);
+	if (need > max_bytes)
+		return qs_err(err, QS_EUNSUPP,
+			      "output errors: X^T X of every input needs %.0f MiB, over the %.0f MiB allowed",
+			      (double)need / 1048576.0, (double)max_bytes / 1048576.0);
+	quant_xtx *x = calloc(1, sizeof(*x));
+	if (x) {
+		x->base = base;
+		x->n_layers = base->cfg.n_layers;
+		x->h = calloc((size_t)(x->n_layers ? x->n_layers : 1), sizeof(*x->h));
+		x->err = err;
+	}
+	if (!x || !x->h) {
+		quant_xtx_free(x);
+		return qs_err(err, QS_ENOMEM, "output errors: out of memory");
+	}
+	calib_opts o;
+	calib_opts_default(&o);
+	o.n_samples = n_calib;
+	o.seq_len = calib_len;
+	o.xtx = 1;
+	int rc = calib_run(base, calib, n_calib, calib_len, &o, xtx_on_layer, x, progress, puser, err);
+	x->err = NULL;
+	if (rc) {
+		quant_xtx_free(x);
+		return rc;
+	}
+	*out = x;
+	return 0;
+}
+
+double quant_xtx_rel_err(const quant_xtx *x, const model *qm, const char *name)
+{
+	if (!x || !qm || qm->base != x->base)
+		return NAN;
+	const model_tensor *qt = model_find(qm, name);
+	if (!qt || !qt->q)
+		return NAN;
+	const model *b = x->base;
+	const model_tensor *bt = &b->tensors[qt - qm->tensors];
+	if (bt == b->output)
+		return x->head ? rel_err_h(bt, qt, x->head) : NAN;
+	for (int l = 0; l < x->n_layers; l++)
+		for (int s = 0; s < 4; s++) {
+			const model_tensor *st[3];
+			site_tensors(b, l, s, st);
+			for (int i = 0; i < 3; i++)
+				if (st[i] == bt)
+					return x->h[l][s] ? rel_err_h(bt, qt, x->h[l][s]) : NAN;
+		}
+	return NAN;
 }
 
 int quant_layer_errors(const model *base, const model *qm, const int *calib, int n_calib,

@@ -101,4 +101,20 @@ typedef struct quant_layer_err {
 int quant_layer_errors(const model *base, const model *qm, const int *calib, int n_calib,
 		       int calib_len, quant_layer_err **errs, int *n_errs, qs_error *err);
 
+/* The same measure without running the model again: X^T X of every linear
+ * site's input over a calibration sample of base (full precision), kept as
+ * float, one cols x cols matrix per site (4 per layer, and the head's).
+ * quant_xtx_bytes says how much that is; collecting is refused (QS_EUNSUPP)
+ * above max_bytes. progress as calib_run's. */
+typedef struct quant_xtx quant_xtx;
+size_t quant_xtx_bytes(const model *base);
+int quant_xtx_collect(const model *base, const int *calib, int n_calib, int calib_len,
+		      size_t max_bytes, qs_progress_fn progress, void *puser, quant_xtx **out,
+		      qs_error *err);
+/* ||(W - Q) X^T|| / ||W X^T|| of tensor `name` of qm (derived from the base
+ * the store was collected on; AWQ / SmoothQuant scales are undone), NaN if
+ * it is not quantized in qm or has no site. Two sgemms of rows x cols x cols. */
+double quant_xtx_rel_err(const quant_xtx *x, const model *qm, const char *name);
+void quant_xtx_free(quant_xtx *x);
+
 #endif

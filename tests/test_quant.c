@@ -563,6 +563,45 @@ static int grab_l0_qkv(void *user, int layer, int site, const float *x, int rows
 	return 0;
 }
 
+/* ||W X^T - Q Xq^T|| / ||W X^T|| over captured rows: X the base model's
+ * input of the tensor, Xq the quantized model's own input (equal to X for
+ * plain quantizers; X / s where AWQ folded 1/s into the norm), Q the matrix
+ * the quantized model really multiplies with (its dequantized codes). */
+static double direct_err(const model_tensor *bt, const model_tensor *qt, const xcap *x,
+			 const xcap *xq)
+{
+	int R = (int)bt->ne[1], C = (int)bt->ne[0];
+	float *w = malloc(sizeof(float) * R * C), *q = malloc(sizeof(float) * R * C);
+	kn_traits(bt->type)->to_float(bt->data, w, (size_t)R * C);
+	kn_qmatrix_dequant(qt->q, 0, R, q);
+	double num = 0, den = 0;
+	for (int t = 0; t < x->rows; t++)
+		for (int r = 0; r < R; r++) {
+			double y = 0, yq = 0;
+			for (int j = 0; j < C; j++) {
+				y += (double)w[r * C + j] * x->x[t * C + j];
+				yq += (double)q[r * C + j] * xq->x[t * C + j];
+			}
+			num += (y - yq) * (y - yq);
+			den += y * y;
+		}
+	free(w);
+	free(q);
+	return sqrt(num / den);
+}
+
+static xcap capture_l0_qkv(const model *m, const int *calib, int nc, int len)
+{
+	qs_error err = { 0 };
+	xcap c = { 0 };
+	fwd_ctx *f = fwd_new(m, nc, len, &err);
+	fwd_set_capture(f, grab_l0_qkv, &c);
+	assert_int_equal(fwd_prefill(f, calib, nc, len, len - 1, NULL, &err), 0);
+	fwd_free(f);
+	assert_non_null(c.x);
+	return c;
+}
+
 static void test_layer_errors(void **s)
 {
 	(void)s;
@@ -572,45 +611,47 @@ static void test_layer_errors(void **s)
 		memcpy(calib + i * LEN, ids + 500 + i * 100, sizeof(int) * LEN);
 		calib[i * LEN] = 1;
 	}
-	model *qm = quantize_with("int3g128", NULL, 0, 0);
+	xcap x = capture_l0_qkv(base, calib, NC, LEN);
 	qs_error err = { 0 };
-	quant_layer_err *le;
-	int n;
-	assert_int_equal(quant_layer_errors(base, qm, calib, NC, LEN, &le, &n, &err), 0);
-	/* direct: capture layer 0's q/k/v input from the same sequences */
-	xcap c = { 0 };
-	fwd_ctx *f = fwd_new(base, NC, LEN, &err);
-	fwd_set_capture(f, grab_l0_qkv, &c);
-	assert_int_equal(fwd_prefill(f, calib, NC, LEN, LEN - 1, NULL, &err), 0);
-	fwd_free(f);
-	const model_tensor *bt = base->layers[0].wq, *qt = qm->layers[0].wq;
-	int R = (int)bt->ne[1], C = (int)bt->ne[0];
-	float *w = malloc(sizeof(float) * R * C), *q = malloc(sizeof(float) * R * C);
-	kn_traits(bt->type)->to_float(bt->data, w, (size_t)R * C);
-	kn_qmatrix_dequant(qt->q, 0, R, q);
-	double num = 0, den = 0;
-	for (int t = 0; t < c.rows; t++)
-		for (int r = 0; r < R; r++) {
-			double y = 0, yq = 0;
-			for (int j = 0; j < C; j++) {
-				y += (double)w[r * C + j] * c.x[t * C + j];
-				yq += (double)q[r * C + j] * c.x[t * C + j];
-			}
-			num += (y - yq) * (y - yq);
-			den += y * y;
+	quant_xtx *xs;
+	assert_int_equal(quant_xtx_collect(base, calib, NC, LEN, (size_t)1 << 30, NULL, NULL, &xs, &err), 0);
+	/* AWQ rescales W's columns and folds 1/s into the norm: both measures
+	 * must undo that (the quantized model's own layer-0 input is X / s) */
+	const char *specs[] = { "int3g128", "awq:int3g128" };
+	for (int k = 0; k < 2; k++) {
+		model *qm = quantize_with(specs[k], calib, NC, LEN);
+		quant_layer_err *le;
+		int n;
+		assert_int_equal(quant_layer_errors(base, qm, calib, NC, LEN, &le, &n, &err), 0);
+		xcap xq = capture_l0_qkv(qm, calib, NC, LEN);
+		for (int t = 0; t < 3; t++) {
+			const model_tensor *bt = t == 0 ? base->layers[0].wq : t == 1 ? base->layers[0].wk : base->layers[0].wv;
+			const model_tensor *qt = &qm->tensors[bt - base->tensors];
+			double direct = direct_err(bt, qt, &x, &xq);
+			int idx = (int)(bt - base->tensors);
+			double stored = quant_xtx_rel_err(xs, qm, bt->name);
+			print_message("%s %s: rel err %.5f, from the store %.5f, direct %.5f\n", specs[k],
+				      bt->name, le[idx].rel_err, stored, direct);
+			assert_string_equal(le[idx].name, bt->name);
+			assert_true(fabs(le[idx].rel_err - direct) < 1e-3 * direct);
+			assert_true(fabs(stored - direct) < 1e-3 * direct);
+			if (k == 1) /* the scales were recorded, and really not 1 */
+				assert_true(qt->col_scale && qt->col_scale[0] != 1.0f);
 		}
-	double direct = sqrt(num / den);
-	int idx = (int)(bt - base->tensors);
-	print_message("blk.0.attn_q int3g128: rel err %.5f (direct %.5f)\n", le[idx].rel_err, direct);
-	assert_string_equal(le[idx].name, "blk.0.attn_q.weight");
-	assert_true(fabs(le[idx].rel_err - direct) < 1e-3 * direct);
-	/* unquantized tensors have no figure */
-	assert_true(isnan(le[(int)(base->tok_embd - base->tensors)].rel_err));
-	free(w);
-	free(q);
-	free(c.x);
-	free(le);
-	model_free(qm);
+		/* unquantized tensors have no figure */
+		assert_true(isnan(le[(int)(base->tok_embd - base->tensors)].rel_err));
+		assert_true(isnan(quant_xtx_rel_err(xs, qm, "token_embd.weight")));
+		free(xq.x);
+		free(le);
+		model_free(qm);
+	}
+	/* a store over the budget is refused with the sizes */
+	quant_xtx *none = NULL;
+	assert_int_equal(quant_xtx_collect(base, calib, NC, LEN, 1024, NULL, NULL, &none, &err), QS_EUNSUPP);
+	assert_null(none);
+	assert_non_null(strstr(err.msg, "MiB"));
+	quant_xtx_free(xs);
+	free(x.x);
 }
 
 int main(void)

@@ -136,6 +136,81 @@ static void test_cache_matches_compare(void **s)
 	eval_cache_free(c);
 }
 
+/* base with each "name=spec" of list quantized (RTN-type specs) */
+static model *plan_model(const char *const *list, int n)
+{
+	qs_error err = { 0 };
+	quant_plan plan = { 0 };
+	model *qm = NULL;
+	for (int i = 0; i < n; i++) {
+		char name[64];
+		const char *eq = strchr(list[i], '=');
+		quant_spec sp;
+		snprintf(name, sizeof(name), "%.*s", (int)(eq - list[i]), list[i]);
+		if (quant_spec_parse(eq + 1, &sp, &err) || quant_plan_add(&plan, name, &sp, &err))
+			fail_msg("%s: %s", list[i], err.msg);
+	}
+	quant_opts o = { 0 };
+	if (quant_model(base, &plan, &o, &qm, NULL, &err))
+		fail_msg("%s", err.msg);
+	quant_plan_release(&plan);
+	return qm;
+}
+
+/* The workbench's path: after a kept run, a model that differs from the
+ * last one only from layer l on is evaluated from l on the last model's
+ * states, and must give what a from-scratch eval_compare gives. Quantized
+ * embeddings (from -1) are not skipped. */
+static void test_cache_incremental(void **s)
+{
+	(void)s;
+	qs_error err = { 0 };
+	eval_cache *c = eval_cache_new(base, ids, n_ids, n_chunks(), CTX, &err);
+	assert_non_null(c);
+	eval_cmp_result a, b;
+	assert_int_equal(eval_cache_keep(c, &err), 0);
+	assert_false(eval_cache_has_last(c));
+	assert_int_equal(eval_cache_run_last(c, base, 3, &a, &err), QS_EUSAGE);
+	const char *p1[] = { "blk.2.attn_v.weight=int3g128", "blk.6.ffn_up.weight=int3g128" };
+	const char *p2[] = { "blk.2.attn_v.weight=int3g128", "blk.6.ffn_up.weight=int3g128",
+			     "blk.7.ffn_down.weight=int2g64" };
+	const char *p3[] = { "blk.2.attn_v.weight=int3g128", "blk.4.attn_q.weight=int2g64",
+			     "blk.6.ffn_up.weight=int3g128", "blk.7.ffn_down.weight=int2g64" };
+	const char *p4[] = { "token_embd.weight=int3g128", "blk.2.attn_v.weight=int3g128",
+			     "blk.4.attn_q.weight=int2g64", "blk.6.ffn_up.weight=int3g128",
+			     "blk.7.ffn_down.weight=int2g64" };
+	const char *p5[] = { "token_embd.weight=int3g128", "blk.2.attn_v.weight=int3g128",
+			     "blk.4.attn_q.weight=int2g64", "blk.6.ffn_up.weight=int3g128" };
+	const struct {
+		const char *const *list;
+		int n, from, since_last;
+	} steps[] = { { p1, 2, 2, 0 }, { p2, 3, 7, 1 }, { p3, 4, 4, 1 }, { p4, 5, -1, 1 },
+		      { p5, 4, 7, 1 } };
+	eval_ppl_opts o = { .ctx = CTX, .n_chunks = n_chunks() };
+	double prev_ppl = 0;
+	for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+		model *qm = plan_model(steps[i].list, steps[i].n);
+		assert_int_equal(steps[i].since_last ? eval_cache_run_last(c, qm, steps[i].from, &a, &err)
+						     : eval_cache_run(c, qm, steps[i].from, &a, &err), 0);
+		assert_true(eval_cache_has_last(c));
+		assert_int_equal(eval_compare(base, qm, ids, n_ids, &o, &b, &err), 0);
+		print_message("step %zu from %d: ppl %.4f (incremental) %.4f (compare)\n", i,
+			      steps[i].from, a.test.ppl, b.test.ppl);
+		assert_close(a.test.ppl, b.test.ppl, 1e-5, "ppl");
+		assert_close(a.kld_mean, b.kld_mean, 1e-3, "kld");
+		assert_true(a.test.ppl != prev_ppl); /* every step changed the model */
+		prev_ppl = a.test.ppl;
+		if (i == 3) {
+			/* claiming the embeddings are base's would be wrong */
+			assert_int_equal(eval_cache_run(c, qm, 0, &a, &err), 0);
+			assert_true(fabs(a.test.ppl - b.test.ppl) > 1e-3 * b.test.ppl);
+			assert_int_equal(eval_cache_run_last(c, qm, -1, &a, &err), 0);
+		}
+		model_free(qm);
+	}
+	eval_cache_free(c);
+}
+
 static int count_progress(void *user, long done, long total)
 {
 	long *n = user;
@@ -301,6 +376,7 @@ int main(void)
 		cmocka_unit_test(test_key),
 		cmocka_unit_test(test_cache_base),
 		cmocka_unit_test(test_cache_matches_compare),
+		cmocka_unit_test(test_cache_incremental),
 		cmocka_unit_test(test_scan_refuses),
 		cmocka_unit_test(test_scan_entries),
 	};

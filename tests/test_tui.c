@@ -14,6 +14,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
+#include "../engine/calib.h"
+#include "../engine/forward.h"
 #include "../engine/model.h"
 #include "../kernels/fp16.h"
 #include "../kernels/types.h"
@@ -422,12 +426,12 @@ static void test_session(void **s)
  * format's definition computed here (ggml's Q4_0: blocks of 32, d = the
  * value of largest magnitude / -8, codes round(x/d + 8) clamped to 0..15,
  * d stored as FP16). */
-static void test_weight_error(void **s)
+/* Q4_0 of tensor t by ggml's definition (see above): the dequantized
+ * weights, malloc'd (rows x cols) */
+static float *q4_0_ref(const model_tensor *t)
 {
-	(void)s;
-	const model_tensor *t = model_find(m, "blk.0.attn_q.weight");
 	size_t n = (size_t)(t->ne[0] * t->ne[1]);
-	double num = 0, den = 0;
+	float *y = malloc(sizeof(float) * n);
 	for (size_t b0 = 0; b0 < n; b0 += 32) {
 		float x[32], amax = 0, mx = 0;
 		for (int j = 0; j < 32; j++) {
@@ -442,11 +446,30 @@ static void test_weight_error(void **s)
 		for (int j = 0; j < 32; j++) {
 			int q = (int)(x[j] * id + 8.5f);
 			q = q > 15 ? 15 : q;
-			double y = (double)(q - 8) * d16;
-			num += (x[j] - y) * (x[j] - y);
-			den += (double)x[j] * x[j];
+			y[b0 + j] = (float)(q - 8) * d16;
 		}
 	}
+	return y;
+}
+
+static float w_at(const model_tensor *t, size_t i)
+{
+	return kn_fp16_to_fp32_ref(((const kn_fp16 *)t->data)[i]);
+}
+
+static void test_weight_error(void **s)
+{
+	(void)s;
+	const model_tensor *t = model_find(m, "blk.0.attn_q.weight");
+	size_t n = (size_t)(t->ne[0] * t->ne[1]);
+	float *y = q4_0_ref(t);
+	double num = 0, den = 0;
+	for (size_t i = 0; i < n; i++) {
+		double x = w_at(t, i);
+		num += (x - y[i]) * (x - y[i]);
+		den += x * x;
+	}
+	free(y);
 	char want[32];
 	snprintf(want, sizeof(want), "%6.4f", sqrt(num / den));
 	int rc;
@@ -488,6 +511,137 @@ static void test_live_eval(void **s)
 		      qfp, qnow, qkld);
 	assert_true(fabs(fp - qfp) < 0.006 && fabs(now - qnow) < 0.006 && fabs(kld - qkld) < 6e-5);
 	assert_true(now != fp);
+	free(out);
+}
+
+/* After calibration (c) the o.err column and the detail pane of a Q4_0
+ * tensor: ||(W - Q) X^T|| / ||W X^T|| over the inputs of blk.0's q/k/v on
+ * the quick evaluation's 16 calibration windows (seed 0, BOS first),
+ * captured from a forward pass here; Q from ggml's Q4_0 definition; the
+ * largest |W - Q| and the share of weights rounded to 0 from the same Q. */
+typedef struct xcap {
+	float *x;
+	int rows, cols;
+} xcap;
+
+static int grab_l0_qkv(void *user, int layer, int site, const float *x, int rows, int cols)
+{
+	xcap *c = user;
+	if (layer == 0 && site == FWD_SITE_QKV) {
+		c->x = realloc(c->x, sizeof(float) * (size_t)(c->rows + rows) * cols);
+		memcpy(c->x + (size_t)c->rows * cols, x, sizeof(float) * (size_t)rows * cols);
+		c->rows += rows;
+		c->cols = cols;
+	}
+	return 0;
+}
+
+static void test_output_error(void **s)
+{
+	(void)s;
+	if (tu_asan())
+		skip(); /* 16 x 512 tokens of calibration: minutes under the sanitizer */
+	const model_tensor *t = model_find(m, "blk.0.attn_q.weight");
+	const int R = (int)t->ne[1], C = (int)t->ne[0];
+	size_t len;
+	char *text = tu_read_file(tu_shared("data/debdoc-calib.txt"), &len);
+	assert_non_null(text);
+	calib_opts o;
+	calib_opts_default(&o);
+	o.n_samples = 16;
+	o.seq_len = 512;
+	int *toks;
+	qs_error err = { 0 };
+	assert_int_equal(calib_sample_text(m, text, len, &o, &toks, NULL, &err), 0);
+	free(text);
+	xcap c = { 0 };
+	fwd_ctx *f = fwd_new(m, 4, 512, &err);
+	fwd_set_capture(f, grab_l0_qkv, &c);
+	for (int k = 0; k < 16; k += 4)
+		assert_int_equal(fwd_prefill(f, toks + (size_t)k * 512, 4, 512, 511, NULL, &err), 0);
+	fwd_free(f);
+	free(toks);
+	assert_int_equal(c.rows, 16 * 512);
+	float *w = malloc(sizeof(float) * R * C), *q = q4_0_ref(t), *d = malloc(sizeof(float) * R * C);
+	double mx = 0;
+	size_t nz = 0, to0 = 0;
+	for (int i = 0; i < R * C; i++) {
+		w[i] = w_at(t, (size_t)i);
+		d[i] = w[i] - q[i];
+		mx = fmax(mx, fabs((double)d[i]));
+		nz += w[i] != 0;
+		to0 += w[i] != 0 && q[i] == 0;
+	}
+	float *y = malloc(sizeof(float) * (size_t)c.rows * R);
+	double num = 0, den = 0;
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c.rows, R, C, 1, c.x, C, w, C, 0, y, R);
+	for (size_t i = 0; i < (size_t)c.rows * R; i++)
+		den += (double)y[i] * y[i];
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, c.rows, R, C, 1, c.x, C, d, C, 0, y, R);
+	for (size_t i = 0; i < (size_t)c.rows * R; i++)
+		num += (double)y[i] * y[i];
+	double want = sqrt(num / den);
+	free(w);
+	free(q);
+	free(d);
+	free(y);
+	free(c.x);
+	setenv("QSCOPE_CACHE", tu_tmppath("cache"), 1);
+	int rc;
+	char *scr = screen_opts("120x40", "f<Enter>c", "--fresh --chunks 1", &rc);
+	assert_int_equal(rc, 0);
+	char *l = line_of(scr, "blk.0.attn_q.weight");
+	assert_non_null(l);
+	double werr, oerr;
+	const char *p = strstr(l, "4.500");
+	assert_non_null(p);
+	assert_int_equal(sscanf(p + 5, "%*f %lf %lf", &werr, &oerr), 2);
+	print_message("o.err %.4f on screen, %.4f computed here\n", oerr, want);
+	assert_true(fabs(oerr - want) <= 1.5e-4);
+	assert_true(oerr < werr); /* the inputs' spread hides part of the weight error */
+	free(l);
+	/* the detail pane: before / after histograms and the numbers behind them */
+	char want_max[32], want_zero[32];
+	snprintf(want_max, sizeof(want_max), "max |w-Q(w)| %.3g ", mx);
+	snprintf(want_zero, sizeof(want_zero), "zeroed %.1f%%", 100.0 * (double)to0 / (double)nz);
+	assert_non_null(strstr(scr, " before "));
+	assert_non_null(strstr(scr, " after "));
+	assert_non_null(strstr(scr, " error "));
+	if (!strstr(scr, want_max) || !strstr(scr, want_zero))
+		fail_msg("'%s' and '%s' (computed here) not both on the screen:\n%s", want_max, want_zero, scr);
+	free(scr);
+}
+
+/* With every block linear quantized, changing the last one re-runs only
+ * the last block, from the previous plan's states ("from blk 7 (incr.)"),
+ * and gives what `qscope quant` computes for the final plan from scratch. */
+static void test_incremental_eval(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen_opts("120x40", "/blk<Enter>Af<Esc><End>x", "--fresh --chunks 2", &rc);
+	assert_int_equal(rc, 0);
+	char *l = line_of(scr, "blk.7.ffn_down.weight");
+	assert_non_null(l);
+	assert_non_null(strstr(l, "(stored)"));
+	free(l);
+	const char *e = strstr(scr, "eval 2 chunks: FP ");
+	assert_non_null(e);
+	double fp, now;
+	assert_int_equal(sscanf(e, "eval 2 chunks: FP %lf now %lf", &fp, &now), 2);
+	if (!strstr(e, "from blk 7 (incr.)"))
+		fail_msg("not an incremental run from block 7: %.*s", (int)strcspn(e, "\n"), e);
+	free(scr);
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd),
+		 "%s quant -m %s --spec q4_0 --include '^blk' --exclude 'blk\\.7\\.ffn_down' --chunks 2 --json",
+		 bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
+	const char *p = strstr(out, "\"ppl\": ");
+	assert_non_null(p);
+	double q = strtod(p + 7, NULL);
+	print_message("workbench (incremental) %.2f, quant from scratch %.4f\n", now, q);
+	assert_true(fabs(now - q) < 0.006);
 	free(out);
 }
 
@@ -596,6 +750,8 @@ int main(void)
 		cmocka_unit_test(test_demo),
 		cmocka_unit_test(test_full_eval),
 		cmocka_unit_test(test_weight_error),
+		cmocka_unit_test(test_output_error),
+		cmocka_unit_test(test_incremental_eval),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),
 	};

@@ -104,6 +104,12 @@ typedef struct evaluator {
 	wb_eval res;
 	int rc;
 	char err[512];
+	/* the last plan evaluated (the cache keeps its states) and its result:
+	 * the next run starts at the first layer that differs */
+	quant_plan last;
+	int have_last;
+	wb_eval last_res;
+	quant_xtx *xtx;        /* from the calibrator: output errors */
 } evaluator;
 
 static int sample_calib(const model *m, int **out, qs_error *err)
@@ -122,6 +128,8 @@ static int ev_prepare(evaluator *e, qs_error *err)
 		free(ids);
 		if (!e->ec)
 			return err->code ? err->code : QS_ENOMEM;
+		if (eval_cache_keep(e->ec, err)) /* without it every run starts from base */
+			err->code = 0;
 	}
 	if (!e->calib && quant_plan_needs_calib(&e->plan))
 		return sample_calib(e->m, &e->calib, err);
@@ -139,10 +147,34 @@ static void ev_run(void *arg)
 {
 	evaluator *e = arg;
 	qs_error err = { 0 };
+	wb_eval_release(&e->res);
 	e->rc = ev_prepare(e, &err);
-	if (!e->rc)
-		e->rc = wb_evaluate(e->m, e->ec, &e->plan, e->calib, t_calib_n, 512, &e->res, ev_cancel, e,
-				    &err);
+	if (!e->rc) {
+		wb_eval_in in = { .ec = e->ec, .last = e->have_last ? &e->last : NULL,
+				  .last_res = e->have_last ? &e->last_res : NULL, .xtx = e->xtx,
+				  .calib = e->calib, .n_calib = t_calib_n, .calib_len = 512,
+				  .cancel = ev_cancel, .cancel_user = e };
+		e->rc = wb_evaluate(e->m, &e->plan, &in, &e->res, &err);
+	}
+	/* remember what the cache now holds (a failed run forgot it) */
+	quant_plan_release(&e->last);
+	wb_eval_release(&e->last_res);
+	e->have_last = 0;
+	if (!e->rc && e->plan.n && e->ec && eval_cache_has_last(e->ec)) {
+		qs_error ce = { 0 };
+		for (int i = 0; i < e->plan.n && !ce.code; i++)
+			quant_plan_add(&e->last, e->plan.e[i].name, &e->plan.e[i].spec, &ce);
+		e->last_res = e->res;
+		e->last_res.t = NULL;
+		if (!ce.code && e->res.n_t &&
+		    (e->last_res.t = malloc(sizeof(*e->res.t) * (size_t)e->res.n_t)))
+			memcpy(e->last_res.t, e->res.t, sizeof(*e->res.t) * (size_t)e->res.n_t);
+		e->have_last = !ce.code && (!e->res.n_t || e->last_res.t);
+		if (!e->have_last) {
+			quant_plan_release(&e->last);
+			wb_eval_release(&e->last_res);
+		}
+	}
 	snprintf(e->err, sizeof(e->err), "%s", e->rc ? err.msg : "");
 }
 
@@ -290,9 +322,15 @@ typedef struct calibrator {
 	job j;
 	atomic_int cancel;     /* set when the workbench closes */
 	calib_set *set;
+	quant_xtx *xtx;        /* for the evaluator (output errors), or NULL */
+	int xtx_tried;         /* collected (or failed) once: not again */
+	char xtx_err[600];     /* why there is none */
 	int rc;
 	char err[512];
 } calibrator;
+
+/* at most this much memory for the output-error store (X^T X per input) */
+#define TUI_XTX_MAX ((size_t)2 << 30)
 
 static int cal_cancel(void *user, long done, long total)
 {
@@ -320,6 +358,15 @@ static void cal_run(void *arg)
 			      cal_cancel, k, &k->set, NULL, &err);
 	free(text);
 	snprintf(k->err, sizeof(k->err), "%s", k->rc ? err.msg : "");
+	/* second moments of every input on the quick evaluation's calibration
+	 * windows: the o.err column. Not having them is not an error. */
+	int *toks = NULL;
+	qs_error xe = { 0 };
+	if (!k->rc && !k->xtx_tried && (k->xtx_tried = 1) &&
+	    (sample_calib(k->m, &toks, &xe) ||
+	     quant_xtx_collect(k->m, toks, t_calib_n, 512, TUI_XTX_MAX, cal_cancel, k, &k->xtx, &xe)))
+		snprintf(k->xtx_err, sizeof(k->xtx_err), "o.err: %s", xe.msg);
+	free(toks);
 }
 
 static void cal_start(calibrator *k, wb *w, int threaded)
@@ -353,6 +400,7 @@ static void cal_release(calibrator *k)
 	atomic_store(&k->cancel, 1);
 	job_wait(&k->j);
 	calib_set_free(k->set);
+	quant_xtx_free(k->xtx);
 }
 
 static void ev_release(evaluator *e)
@@ -362,6 +410,10 @@ static void ev_release(evaluator *e)
 	eval_cache_free(e->ec);
 	free(e->calib);
 	quant_plan_release(&e->plan);
+	quant_plan_release(&e->last);
+	wb_eval_release(&e->res);
+	wb_eval_release(&e->last_res);
+	quant_xtx_free(e->xtx);
 }
 
 /* ---- the session: the plan is saved (atomically) after every change to
@@ -518,6 +570,18 @@ static int ui_tick(ui *u)
 	if (!u->cal->j.running && wb_want_calib(u->w)) {
 		cal_start(u->cal, u->w, u->threaded);
 		redraw = 1;
+	}
+	/* the calibrator's X^T X goes to an idle evaluator, which then
+	 * evaluates again to fill the o.err column */
+	if (u->ev && u->cal->xtx && !u->cal->j.running && !u->ev->j.running) {
+		quant_xtx_free(u->ev->xtx);
+		u->ev->xtx = u->cal->xtx;
+		u->cal->xtx = NULL;
+		wb_request_eval(u->w);
+	}
+	if (!u->cal->j.running && u->cal->xtx_err[0]) {
+		wb_status(u->w, u->cal->xtx_err);
+		u->cal->xtx_err[0] = 0;
 	}
 	session_save(u->ss, u->w, u->m);
 	/* debounced on a terminal: a burst of keys gives one evaluation */

@@ -26,7 +26,7 @@ typedef struct wb_row {
 	const char *kind;
 	int layer;         /* block; -1 token_embd; n_layers output */
 	double kurt;       /* weight kurtosis */
-	double werr;       /* ||W - Q(W)|| / ||W|| at the last evaluation, or NaN */
+	const wb_tensor_eval *te; /* at the last evaluation (in ev), or NULL */
 	wb_spec sp;
 	int sel;
 } wb_row;
@@ -238,7 +238,7 @@ wb *wb_new(const model *m, const sens_table *sens, qs_error *err)
 				continue;
 			wb_row *r = &w->rows[w->n++];
 			r->t = t;
-			r->werr = NAN;
+			r->te = NULL;
 			r->kind = kind;
 			r->layer = !strcmp(kind, "token_embd") ? -1 : !strcmp(kind, "output") ? m->cfg.n_layers : 0;
 			if (!edge)
@@ -281,6 +281,7 @@ void wb_free(wb *w)
 	free(w->rows);
 	free(w->view);
 	free(w->undo);
+	wb_eval_release(&w->ev);
 	free(w);
 }
 
@@ -343,54 +344,173 @@ void wb_set_busy(wb *w, int busy)
 	w->busy = busy;
 }
 
+void wb_eval_release(wb_eval *e)
+{
+	free(e->t);
+	e->t = NULL;
+	e->n_t = 0;
+}
+
+static int eval_copy(wb_eval *dst, const wb_eval *src)
+{
+	wb_tensor_eval *t = NULL;
+	if (src->n_t) {
+		t = malloc(sizeof(*t) * (size_t)src->n_t);
+		if (!t)
+			return -1;
+		memcpy(t, src->t, sizeof(*t) * (size_t)src->n_t);
+	}
+	*dst = *src;
+	dst->t = t;
+	return 0;
+}
+
 void wb_set_eval(wb *w, const wb_eval *e, const char *err_msg)
 {
+	wb_eval copy;
 	w->busy = 0;
+	if (!err_msg && eval_copy(&copy, e))
+		err_msg = "out of memory";
 	if (err_msg) {
 		snprintf(w->ev_err, sizeof(w->ev_err), "%s", err_msg);
 		return;
 	}
 	w->ev_err[0] = 0;
-	w->ev = *e;
+	wb_eval_release(&w->ev);
+	w->ev = copy;
 	w->have_eval = 1;
-	for (int i = 0; i < w->n; i++) {
-		w->rows[i].werr = NAN;
-		for (int k = 0; k < e->n_err; k++)
-			if (!strcmp(e->err_name[k], w->rows[i].t->name))
-				w->rows[i].werr = e->err[k];
+	for (int i = 0; i < w->n; i++)
+		w->rows[i].te = NULL;
+	for (int k = 0; k < w->ev.n_t; k++) {
+		const model_tensor *t = model_find(w->m, w->ev.t[k].name);
+		for (int i = 0; t && i < w->n; i++)
+			if (w->rows[i].t == t)
+				w->rows[i].te = &w->ev.t[k];
 	}
 }
 
+void wb_request_eval(wb *w)
+{
+	w->dirty = 1;
+}
+
+/* -1 token_embd, the block, or n_layers for the output head */
 static int first_layer(const model *m, const char *name)
 {
 	int l;
 	if (sscanf(name, "blk.%d.", &l) == 1)
 		return l;
-	return strncmp(name, "token_embd", 10) ? m->cfg.n_layers : 0;
+	return strncmp(name, "token_embd", 10) ? m->cfg.n_layers : -1;
 }
 
-int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *calib,
-		int n_calib, int calib_len, wb_eval *out, qs_progress_fn cancel, void *cancel_user,
+static void spec_of(const quant_plan *p, const char *name, char *buf, size_t cap)
+{
+	const quant_spec *s = p ? quant_plan_find(p, name) : NULL;
+	if (s && s->method != QUANT_NONE)
+		quant_spec_str(s, buf, cap);
+	else
+		snprintf(buf, cap, "none");
+}
+
+int wb_plan_diff(const model *m, const quant_plan *a, const quant_plan *b)
+{
+	int from = m->cfg.n_layers + 1;
+	for (int k = 0; k < 2; k++) {
+		const quant_plan *p = k ? b : a;
+		for (int i = 0; i < p->n; i++) {
+			char sa[128], sb[128];
+			spec_of(a, p->e[i].name, sa, sizeof(sa));
+			spec_of(b, p->e[i].name, sb, sizeof(sb));
+			int l = first_layer(m, p->e[i].name);
+			if (strcmp(sa, sb) && l < from)
+				from = l;
+		}
+	}
+	return from;
+}
+
+/* Does any tensor of layer l use calibration in p (NULL: no)? Such a
+ * tensor depends on the layers before it, and AWQ / SmoothQuant also
+ * rescale their neighbours in the layer before those are quantized. */
+static int layer_uses_calib(const model *m, const quant_plan *p, int l)
+{
+	for (int i = 0; p && i < p->n; i++) {
+		if (first_layer(m, p->e[i].name) != l)
+			continue;
+		quant_plan one = { (quant_plan_entry *)&p->e[i], 1 };
+		if (quant_plan_needs_calib(&one))
+			return 1;
+	}
+	return 0;
+}
+
+/* The per-tensor figures of tensor b (base) quantized as q. */
+static void tensor_eval(const model_tensor *b, const model *qm, const quant_xtx *xtx,
+			wb_tensor_eval *te)
+{
+	te->werr = te->oerr = te->max_abs = te->zero_frac = te->e_std = NAN;
+	const model_tensor *qt = &qm->tensors[b - qm->base->tensors];
+	float *wa = model_tensor_f32(b), *wq = model_tensor_f32_orig(qt);
+	if (wa && wq) {
+		const size_t n = (size_t)b->ne[0] * (size_t)b->ne[1];
+		double num = 0, den = 0, mx = 0, se = 0;
+		size_t nz = 0, to0 = 0;
+		for (size_t j = 0; j < n; j++) {
+			double d = (double)wa[j] - wq[j];
+			num += d * d;
+			se += d;
+			den += (double)wa[j] * wa[j];
+			mx = fmax(mx, fabs(d));
+			nz += wa[j] != 0;
+			to0 += wa[j] != 0 && wq[j] == 0;
+			int qb = calib_hist_bin(wq[j]), eb = calib_hist_bin((float)d);
+			int64_t *qc = qb >= 0 ? &te->qh.bin[qb] : qb == -1 ? &te->qh.zero : qb == -2 ? &te->qh.under
+				    : qb == -3 ? &te->qh.over : &te->qh.nonfinite;
+			int64_t *ec = eb >= 0 ? &te->eh.bin[eb] : eb == -1 ? &te->eh.zero : eb == -2 ? &te->eh.under
+				    : eb == -3 ? &te->eh.over : &te->eh.nonfinite;
+			(*qc)++;
+			(*ec)++;
+		}
+		te->werr = den > 0 ? sqrt(num / den) : 0;
+		te->max_abs = mx;
+		te->zero_frac = nz ? (double)to0 / (double)nz : 0;
+		double mean = se / (double)n, var = num / (double)n - mean * mean;
+		te->e_std = var > 0 ? sqrt(var) : 0;
+	}
+	free(wa);
+	free(wq);
+	if (xtx)
+		te->oerr = quant_xtx_rel_err(xtx, qm, b->name);
+}
+
+int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_eval *out,
 		qs_error *err)
 {
 	memset(out, 0, sizeof(*out));
-	const eval_ppl_result *b = eval_cache_base(ec);
+	const eval_ppl_result *b = eval_cache_base(in->ec);
 	out->base_ppl = b->ppl;
-	out->chunks = eval_cache_chunks(ec);
+	out->chunks = eval_cache_chunks(in->ec);
 	out->ppl = b->ppl;
 	out->same_top = 100;
+	out->from_layer = m->cfg.n_layers + 1;
 	if (p->n == 0)
 		return 0; /* the unquantized model: nothing to run */
-	if (quant_plan_needs_calib(p) && !calib)
+	if (quant_plan_needs_calib(p) && !in->calib)
 		return qs_err(err, QS_EUSAGE, "the plan needs calibration data");
-	quant_opts qo = { .calib = calib, .n_calib = n_calib, .calib_len = calib_len,
-			  .progress = cancel, .user = cancel_user };
+	if (!(out->t = calloc((size_t)p->n, sizeof(*out->t))))
+		return qs_err(err, QS_ENOMEM, "out of memory");
+	quant_opts qo = { .calib = in->calib, .n_calib = in->n_calib, .calib_len = in->calib_len,
+			  .progress = in->cancel, .user = in->cancel_user };
 	model *qm = NULL;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	int rc = quant_model(m, p, &qo, &qm, NULL, err);
-	if (rc)
+	if (rc) {
+		wb_eval_release(out);
 		return rc;
+	}
+	/* where to start: the first quantized layer against the unquantized
+	 * model's states, or the first change against the last plan's */
 	int from = m->cfg.n_layers;
 	for (int i = 0; i < p->n; i++) {
 		int l = first_layer(m, p->e[i].name);
@@ -400,39 +520,52 @@ int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *
 		out->params += (size_t)t->ne[0] * (size_t)t->ne[1];
 		out->n_quantized++;
 	}
-	if (qm->actq)
-		from = 0; /* activation quantization acts at every site */
-	/* how far each quantized matrix is from the original */
-	for (int i = 0; i < p->n && out->n_err < WB_MAX_ERR; i++) {
-		const quant_spec *s = &p->e[i].spec;
-		double e = NAN;
-		if (s->method != QUANT_AWQ && s->method != QUANT_SMOOTHQUANT) {
-			float *wa = model_tensor_f32(model_find(m, p->e[i].name));
-			float *wq = model_tensor_f32(model_find(qm, p->e[i].name));
-			const model_tensor *t = model_find(m, p->e[i].name);
-			if (wa && wq) {
-				double num = 0, den = 0;
-				for (size_t j = 0; j < (size_t)(t->ne[0] * t->ne[1]); j++) {
-					double d = (double)wa[j] - wq[j];
-					num += d * d;
-					den += (double)wa[j] * wa[j];
-				}
-				e = den > 0 ? sqrt(num / den) : 0;
-			}
-			free(wa);
-			free(wq);
+	int from_last = in->last && eval_cache_has_last(in->ec) ? wb_plan_diff(m, p, in->last) : -2;
+	if (from_last > m->cfg.n_layers)
+		from_last = m->cfg.n_layers; /* the same plan: the head alone */
+	if (qm->actq) { /* activation quantization: no shortcuts */
+		from = from < 0 ? -1 : 0;
+		from_last = -2;
+	}
+	/* each quantized matrix against the original; a tensor with the same
+	 * spec as last time, below the first change (or not calibrated), came
+	 * out the same: its figures are reused */
+	const int first_change = from_last > -2 ? from_last : -1;
+	for (int i = 0; i < p->n; i++) {
+		wb_tensor_eval *te = &out->t[out->n_t++];
+		snprintf(te->name, sizeof(te->name), "%s", p->e[i].name);
+		quant_spec_str(&p->e[i].spec, te->spec, sizeof(te->spec));
+		const wb_tensor_eval *old = NULL;
+		for (int k = 0; in->last_res && k < in->last_res->n_t && !old; k++)
+			if (!strcmp(in->last_res->t[k].name, te->name) &&
+			    !strcmp(in->last_res->t[k].spec, te->spec))
+				old = &in->last_res->t[k];
+		const int l = first_layer(m, te->name);
+		if (old && (l < first_change || (!layer_uses_calib(m, p, l) &&
+						 !layer_uses_calib(m, in->last, l))) &&
+		    (!in->xtx || !isnan(old->oerr))) {
+			*te = *old;
+			continue;
 		}
-		snprintf(out->err_name[out->n_err], sizeof(out->err_name[0]), "%s", p->e[i].name);
-		out->err[out->n_err++] = e;
+		tensor_eval(model_find(m, p->e[i].name), qm, in->xtx, te);
 	}
 	eval_cmp_result r;
-	rc = eval_cache_run(ec, qm, from, &r, err);
+	if (from_last > from) {
+		out->from_layer = from_last;
+		out->incremental = 1;
+		rc = eval_cache_run_last(in->ec, qm, from_last, &r, err);
+	} else {
+		out->from_layer = from;
+		rc = eval_cache_run(in->ec, qm, from, &r, err);
+	}
 	if (!rc) {
 		out->ppl = r.test.ppl;
 		out->kld = r.kld_mean;
 		out->same_top = r.same_top_pct;
 		clock_gettime(CLOCK_MONOTONIC, &t1); /* quantizing the plan and evaluating it */
 		out->seconds = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+	} else {
+		wb_eval_release(out);
 	}
 	model_free(qm);
 	return rc;
@@ -964,33 +1097,59 @@ static void draw_help(wb *w, tui_canvas *c)
 	(void)w;
 }
 
-/* a histogram as one line of block characters, one column per bin from
- * the first to the last non-empty bin, height by log count; bins at or
- * above `hot` (a value) in the hot colour. Returns the columns used. */
-static int draw_hist(tui_canvas *c, int y, int x, int maxw, const calib_hist *h, double hot)
+/* the first and last non-empty bins of h, widened to [*lo, *hi] if those
+ * are set (>= 0); 0 if h is empty */
+static int hist_span(const calib_hist *h, int *lo, int *hi)
+{
+	int any = 0;
+	for (int i = 0; i < CALIB_HIST_BINS; i++)
+		if (h->bin[i]) {
+			if (*lo < 0 || i < *lo)
+				*lo = i;
+			if (*hi < 0 || i > *hi)
+				*hi = i;
+			any = 1;
+		}
+	return any;
+}
+
+/* bins [lo, hi] of a histogram as one line of block characters, height by
+ * log count; bins at or above `hot` (a value) in the hot colour. Returns
+ * the columns used. */
+static int draw_bins(tui_canvas *c, int y, int x, int maxw, const calib_hist *h, int lo, int hi,
+		     double hot)
 {
 	static const char *const blocks[] = { " ", "\u2581", "\u2582", "\u2583", "\u2584",
 					      "\u2585", "\u2586", "\u2587", "\u2588" };
-	int lo = -1, hi = -1;
 	double mx = 0;
-	for (int i = 0; i < CALIB_HIST_BINS; i++)
-		if (h->bin[i]) {
-			if (lo < 0)
-				lo = i;
-			hi = i;
-			mx = fmax(mx, log1p((double)h->bin[i]));
-		}
-	if (lo < 0)
-		return 0;
+	for (int i = lo; i <= hi; i++)
+		mx = fmax(mx, log1p((double)h->bin[i]));
 	int n = 0;
 	for (int i = lo; i <= hi && n < maxw; i++, n++) {
-		int lv = h->bin[i] ? 1 + (int)(7.0 * log1p((double)h->bin[i]) / mx) : 0;
+		int lv = h->bin[i] && mx > 0 ? 1 + (int)(7.0 * log1p((double)h->bin[i]) / mx) : 0;
 		int attr = hot > 0 && calib_hist_edge(i + 1) > hot ? TUI_HEAT0 + 4 : TUI_NORMAL;
 		tui_put(c, y, x + n, 1, attr, blocks[lv > 8 ? 8 : lv]);
 	}
-	tui_putf(c, y + 1, x, 0, TUI_DIM, "%-8.0e", (double)calib_hist_edge(lo));
+	return n;
+}
+
+/* the value axis under bins [lo, hi] drawn n columns wide */
+static void draw_axis(tui_canvas *c, int y, int x, int n, int lo, int hi)
+{
+	tui_putf(c, y, x, 0, TUI_DIM, "%-8.0e", (double)calib_hist_edge(lo));
 	if (n > 12)
-		tui_putf(c, y + 1, x + n - 6, 0, TUI_DIM, "%.0e", (double)calib_hist_edge(hi + 1));
+		tui_putf(c, y, x + n - 6, 0, TUI_DIM, "%.0e", (double)calib_hist_edge(hi + 1));
+}
+
+/* a histogram from its first to its last non-empty bin, with its axis
+ * below: two lines. Returns the columns used. */
+static int draw_hist(tui_canvas *c, int y, int x, int maxw, const calib_hist *h, double hot)
+{
+	int lo = -1, hi = -1;
+	if (!hist_span(h, &lo, &hi))
+		return 0;
+	int n = draw_bins(c, y, x, maxw, h, lo, hi, hot);
+	draw_axis(c, y + 1, x, n, lo, hi);
 	return n;
 }
 
@@ -1026,13 +1185,44 @@ static void draw_detail(wb *w, tui_canvas *c, int y0, int y1)
 		tui_put(c, y0, x, 1, TUI_DIM, "\u2500");
 	tui_putf(c, y0, 2, 0, TUI_BOLD, " %s ", r->t->name);
 	int y = y0 + 1;
+	const wb_tensor_eval *te = r->sp.on ? r->te : NULL;
 	if (w->ws_row == ri && y + 2 <= y1) {
+		/* |w| before and, once evaluated, |Q(w)| after quantization on
+		 * one axis; then the error's own histogram */
 		const calib_stats *s = &w->ws;
 		tui_putf(c, y, 0, 0, TUI_NORMAL,
 			 "weights  absmax %.4g  rms %.4g  kurtosis %.2f  >6 sigma %.3f%%  |w| histogram (log counts):",
 			 s->absmax_all, s->rms_all, s->kurtosis, 100.0 * s->outlier_frac);
-		draw_hist(c, y + 1, 2, c->w - 4, &s->hist, 6.0 * s->std);
+		int lo = -1, hi = -1, n = 0;
+		hist_span(&s->hist, &lo, &hi);
+		if (te && y + 5 <= y1)
+			hist_span(&te->qh, &lo, &hi);
+		else
+			te = NULL;
+		if (lo >= 0) {
+			tui_put(c, y + 1, 0, 0, TUI_DIM, te ? " before" : "");
+			n = draw_bins(c, y + 1, 9, c->w - 11, &s->hist, lo, hi, 6.0 * s->std);
+			if (te) {
+				tui_put(c, y + 2, 0, 0, TUI_DIM, " after");
+				draw_bins(c, y + 2, 9, c->w - 11, &te->qh, lo, hi, 6.0 * s->std);
+			}
+			draw_axis(c, y + (te ? 3 : 2), 9, n, lo, hi);
+		}
+		y += te ? 4 : 3;
+	}
+	if (te && y + 2 <= y1) {
+		char o[32] = "- (press c)";
+		if (!isnan(te->oerr))
+			snprintf(o, sizeof(o), "%.4f", te->oerr);
+		tui_putf(c, y, 0, 0, TUI_NORMAL,
+			 "%s  w.err %.4f  o.err %s  max |w-Q(w)| %.3g  std %.3g  zeroed %.1f%%  error histogram:",
+			 te->spec, te->werr, o, te->max_abs, te->e_std, 100.0 * te->zero_frac);
+		tui_put(c, y + 1, 0, 0, TUI_DIM, " error");
+		draw_hist(c, y + 1, 9, c->w - 11, &te->eh, 0);
 		y += 3;
+	} else if (r->sp.on && y <= y1) {
+		tui_put(c, y++, 0, 0, TUI_DIM,
+			w->busy ? "quantized: evaluating..." : "quantized: no evaluation yet");
 	}
 	const calib_stats *in = input_stats(w, r);
 	if (!in) {
@@ -1138,7 +1328,8 @@ void wb_draw(wb *w, tui_canvas *c)
 	tui_putf(c, 0, 0, 0, TUI_BOLD, "qscope  %s  %d tensors  sort: %s%s%s", m->path, w->n,
 		 sort_names[w->sort], w->have_re ? "  filter: " : "", w->have_re ? w->filter : "");
 	/* columns: name 26, shape 10, params 8, spec 20, bpw 6, kurt 8, KLD */
-	const int x_shape = 26, x_par = 37, x_spec = 46, x_bpw = 67, x_kurt = 73, x_err = 82, x_sens = 89;
+	const int x_shape = 26, x_par = 37, x_spec = 46, x_bpw = 67, x_kurt = 73, x_err = 82,
+		  x_oerr = 89, x_sens = 96;
 	int y = 1;
 	tui_put(c, y, 0, 0, TUI_BOLD, "tensor");
 	tui_put(c, y, x_shape, 0, TUI_BOLD, "shape");
@@ -1149,6 +1340,8 @@ void wb_draw(wb *w, tui_canvas *c)
 		tui_put(c, y, x_kurt, 0, TUI_BOLD, "w.kurt");
 	if (c->w > x_err + 4)
 		tui_put(c, y, x_err, 0, TUI_BOLD, "w.err");
+	if (c->w > x_oerr + 4)
+		tui_put(c, y, x_oerr, 0, TUI_BOLD, "o.err");
 	if (c->w > x_sens + 4)
 		tui_put(c, y, x_sens, 0, TUI_BOLD, w->sens ? "KLD (scan)" : "KLD");
 	int first = 2, last = c->h - 4; /* rows first..last; eval bar, footer and status below */
@@ -1178,10 +1371,16 @@ void wb_draw(wb *w, tui_canvas *c)
 		if (c->w > x_kurt + 4)
 			tui_putf(c, yy, x_kurt, 8, attr, "%8.2f", r->kurt);
 		if (c->w > x_err + 4) {
-			if (r->sp.on && !isnan(r->werr))
-				tui_putf(c, yy, x_err, 6, attr, "%6.4f", r->werr);
+			if (r->sp.on && r->te && !isnan(r->te->werr))
+				tui_putf(c, yy, x_err, 6, attr, "%6.4f", r->te->werr);
 			else
 				tui_put(c, yy, x_err, 6, attr, "     -");
+		}
+		if (c->w > x_oerr + 4) {
+			if (r->sp.on && r->te && !isnan(r->te->oerr))
+				tui_putf(c, yy, x_oerr, 6, attr, "%6.4f", r->te->oerr);
+			else
+				tui_put(c, yy, x_oerr, 6, attr, "     -");
 		}
 		const sens_entry *e = row_sens(w, r);
 		if (c->w > x_sens + 4) {
@@ -1231,11 +1430,22 @@ void wb_draw(wb *w, tui_canvas *c)
 			 w->full_done, w->full_total, w->full_ppl);
 	} else if (w->ev_err[0])
 		tui_putf(c, c->h - 3, 0, 0, TUI_BOLD, "eval: %s", w->ev_err);
-	else if (w->have_eval)
+	else if (w->have_eval) {
+		char from[32] = "";
+		const int L = w->m->cfg.n_layers, f = w->ev.from_layer;
+		if (w->ev.n_quantized) { /* where the run started, and from which states */
+			char where[16];
+			if (f < 0 || f >= L)
+				snprintf(where, sizeof(where), "%s", f < 0 ? "embd" : "head");
+			else
+				snprintf(where, sizeof(where), "blk %d", f);
+			snprintf(from, sizeof(from), " from %s%s", where, w->ev.incremental ? " (incr.)" : "");
+		}
 		tui_putf(c, c->h - 3, 0, 0, TUI_BOLD,
-			 "eval %d chunks: FP %.2f  now %.2f (%+.2f)  KLD %.4f  top %.1f%%  %.2f s%s",
+			 "eval %d chunks: FP %.2f  now %.2f (%+.2f)  KLD %.4f  top %.1f%%  %.2f s%s%s",
 			 w->ev.chunks, w->ev.base_ppl, w->ev.ppl, w->ev.ppl - w->ev.base_ppl, w->ev.kld,
-			 w->ev.same_top, w->ev.seconds, w->busy ? "  (evaluating...)" : "");
+			 w->ev.same_top, w->ev.seconds, from, w->busy ? "  (evaluating...)" : "");
+	}
 	else
 		tui_put(c, c->h - 3, 0, 0, TUI_DIM,
 			w->busy ? "eval: evaluating..." : "eval: change a spec to see its perplexity and KLD");

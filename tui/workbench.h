@@ -45,34 +45,64 @@ void wb_draw(wb *w, tui_canvas *c);
 /* ---- live evaluation: after a change the plan is quantized and evaluated
  * on a quick set (eval_cache), off the UI thread; the workbench only shows
  * the result. */
-#define WB_MAX_ERR 512
+
+/* what one quantized tensor came out as */
+typedef struct wb_tensor_eval {
+	char name[64];
+	char spec[96];
+	double werr;      /* ||W - Q(W)|| / ||W|| (AWQ / SmoothQuant scales undone) */
+	double oerr;      /* ||(W - Q) X^T|| / ||W X^T|| on the calibration inputs;
+			   * NaN until the workbench has calibrated */
+	double max_abs;   /* max |W - Q(W)| */
+	double zero_frac; /* share of nonzero weights that became 0 */
+	calib_hist qh;    /* |Q(W)|: the weights after quantization */
+	calib_hist eh;    /* |W - Q(W)|: the error */
+	double e_std;     /* std of W - Q(W) */
+} wb_tensor_eval;
+
 typedef struct wb_eval {
 	double base_ppl, ppl, kld, same_top, seconds;
 	size_t bytes, params; /* of the evaluated plan's quantized tensors */
 	int chunks, n_quantized;
-	/* weight reconstruction error ||W - Q(W)|| / ||W|| of each quantized
-	 * tensor (NaN where the quantizer rescaled the weights: AWQ,
-	 * SmoothQuant), in plan order */
-	int n_err;
-	char err_name[WB_MAX_ERR][64];
-	double err[WB_MAX_ERR];
+	int from_layer;       /* where the run started (-1: embeddings) */
+	int incremental;      /* started from the previous plan's states */
+	int n_t;
+	wb_tensor_eval *t;    /* (n_t) in plan order; owned */
 } wb_eval;
 
-/* Quantize m with p and evaluate it against m on ec from the first layer
- * with a quantized tensor. calib (n_calib x calib_len, may be NULL) serves
- * plans that need calibration (GPTQ, AWQ, ...). cancel (may be NULL) is
- * asked between layers of the quantization; nonzero stops it. */
-int wb_evaluate(const model *m, eval_cache *ec, const quant_plan *p, const int *calib,
-		int n_calib, int calib_len, wb_eval *out, qs_progress_fn cancel, void *cancel_user,
+void wb_eval_release(wb_eval *e);
+
+/* What wb_evaluate works with (all but ec may be NULL / 0). */
+typedef struct wb_eval_in {
+	eval_cache *ec;          /* the quick set (eval_cache_keep: incremental runs) */
+	const quant_plan *last;  /* the plan the cache's last kept run evaluated */
+	const wb_eval *last_res; /* and its per-tensor results (reused if unchanged) */
+	const quant_xtx *xtx;    /* second moments of the inputs: output errors */
+	const int *calib;        /* (n_calib, calib_len) for GPTQ, AWQ, ... plans */
+	int n_calib, calib_len;
+	qs_progress_fn cancel;   /* asked between layers; nonzero stops */
+	void *cancel_user;
+} wb_eval_in;
+
+/* Quantize m with p and evaluate it against m: from the first layer that
+ * differs from in->last when the cache kept that plan's run, else from the
+ * first quantized layer. out is released by the caller (wb_eval_release). */
+int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_eval *out,
 		qs_error *err);
+/* The first layer where two plans differ: -1 for token_embd, n_layers for
+ * the output head alone, n_layers + 1 when they are the same. */
+int wb_plan_diff(const model *m, const quant_plan *a, const quant_plan *b);
 /* A counter that grows with every change of the plan (for saving). */
 unsigned wb_plan_version(const wb *w);
 /* Has the plan changed since the last wb_take_plan? */
 int wb_dirty(const wb *w);
 /* A copy of the plan to evaluate; clears the dirty flag. */
 int wb_take_plan(wb *w, quant_plan *out, qs_error *err);
-/* Show an evaluation (err_msg non-NULL: it failed), or that one is running. */
+/* Show an evaluation (copied; err_msg non-NULL: it failed), or that one is
+ * running. */
 void wb_set_eval(wb *w, const wb_eval *e, const char *err_msg);
+/* Evaluate again without a change (e.g. output errors became available). */
+void wb_request_eval(wb *w);
 void wb_set_busy(wb *w, int busy);
 
 /* Calibration statistics for the detail pane (borrowed; NULL: none yet).
