@@ -37,7 +37,10 @@ int gen_run(fwd_ctx *f, const model *m, int *ids, int n_prompt, int n_predict, i
 		int next = sample_next(&ss, so, logits);
 		ids[pos] = next;
 		r->n_gen++;
-		if (on_token && on_token(user, ids[pos - 1], next)) {
+		const int say = on_token ? on_token(user, ids[pos - 1], next) : 0;
+		if (say == GEN_STOP)
+			break;
+		if (say) {
 			rc = qs_err(err, QS_ECANCEL, "generate: cancelled");
 			break;
 		}

@@ -121,7 +121,21 @@ static int load_vocab(gguf_file *g, model *m, qs_error *err)
 			return qs_err(err, QS_EFORMAT, "%s: tokenizer.ggml.%s = %lld out of range",
 				      path, nm[i], (long long)ids[i]);
 	int rc = tok_finish(v, (int)bos, (int)eos, (int)unk, adp, path, err);
-	return rc ? name_file(err, path, rc) : 0;
+	if (rc)
+		return name_file(err, path, rc);
+	/* the chat template, if any, for the chat's prompt format */
+	gguf_str ct;
+	if (gguf_find_key(g, "tokenizer.chat_template") >= 0) {
+		if (gguf_get_str(g, "tokenizer.chat_template", &ct, err))
+			return name_file(err, path, QS_EFORMAT);
+		char *t = strndup(ct.s, (size_t)ct.len);
+		if (!t || model_keep_buffer(m, t, err)) {
+			free(t);
+			return qs_err(err, QS_ENOMEM, "%s: out of memory", path);
+		}
+		m->chat_template = t;
+	}
+	return 0;
 }
 
 int model_load_gguf(const char *path, model **out, qs_error *err)

@@ -394,6 +394,41 @@ out:
 	return rc;
 }
 
+/* tokenizer_config.json's chat_template (a string, or a list of
+ * {name, template} of which "default" is taken), if the file has one */
+static int load_chat_template(model *m, const char *dir, qs_error *err)
+{
+	char path[HF_PATH_MAX];
+	int rc = join(path, dir, "tokenizer_config.json", err);
+	if (rc || !exists(path))
+		return rc;
+	json_t *j;
+	if ((rc = load_json(path, &j, err)))
+		return rc;
+	json_t *ct = json_object_get(j, "chat_template");
+	const char *t = json_string_value(ct);
+	for (size_t i = 0; !t && json_is_array(ct) && i < json_array_size(ct); i++) {
+		json_t *e = json_array_get(ct, i);
+		const char *name = json_string_value(json_object_get(e, "name"));
+		if (name && !strcmp(name, "default"))
+			t = json_string_value(json_object_get(e, "template"));
+	}
+	if (ct && !json_is_null(ct) && !t) {
+		json_decref(j);
+		return qs_err(err, QS_EFORMAT,
+			      "%s: chat_template must be a string or a list of {name, template} with a \"default\"",
+			      path);
+	}
+	char *copy = t ? strdup(t) : NULL;
+	json_decref(j);
+	if (t && (!copy || model_keep_buffer(m, copy, err))) {
+		free(copy);
+		return qs_err(err, QS_ENOMEM, "%s: out of memory", path);
+	}
+	m->chat_template = copy;
+	return 0;
+}
+
 int model_load_hf(const char *dir, model **out, qs_error *err)
 {
 	char path[HF_PATH_MAX], tok[HF_PATH_MAX];
@@ -438,7 +473,8 @@ int model_load_hf(const char *dir, model **out, qs_error *err)
 				    dir);
 		}
 	}
-	if (rc || (rc = tok_load_spm(tok, &m->tok, err)) || (rc = model_finish(m, dir, err)))
+	if (rc || (rc = tok_load_spm(tok, &m->tok, err)) || (rc = load_chat_template(m, dir, err)) ||
+	    (rc = model_finish(m, dir, err)))
 		goto fail;
 	*out = m;
 	return 0;

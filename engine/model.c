@@ -304,6 +304,7 @@ model *model_derive(const model *base, qs_error *err)
 	m->cfg = base->cfg;
 	m->base = base;
 	m->tok = base->tok;
+	m->chat_template = base->chat_template;
 	m->tensors = malloc(sizeof(model_tensor) * (size_t)(base->n_tensors ? base->n_tensors : 1));
 	m->layers = malloc(sizeof(model_layer) * (size_t)base->cfg.n_layers);
 	if (!m->tensors || !m->layers) {

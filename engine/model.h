@@ -80,6 +80,9 @@ typedef struct model {
 	const model_tensor *output;    /* (vocab rows, dim); == tok_embd when tied */
 	model_layer *layers;       /* (n_layers) */
 	tok_vocab *tok;            /* owned, or borrowed from base */
+	const char *chat_template; /* the model's Jinja chat template (GGUF
+				    * tokenizer.chat_template, HF tokenizer_config.json
+				    * chat_template), or NULL; kept by the model */
 	const struct model *base;  /* a quantized model borrows base's data */
 	struct model_actq *actq;   /* simulated activation quantization, or NULL */
 	model_priv *priv;

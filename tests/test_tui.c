@@ -354,6 +354,29 @@ static void test_chat(void **s)
 	scr = screen("100x24", "CHello<Enter><Esc>", &rc);
 	assert_non_null(strstr(scr, "58 tensors"));
 	free(scr);
+	/* a chat template: the header names it, and the original's answer is
+	 * `qscope generate --template llama2`'s */
+	scr = screen_opts("100x24", "CWhat is dpkg?<Enter>", "--no-eval --fresh --template llama2", &rc);
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(scr, "chat: llama2 template (--template)"));
+	snprintf(cmd, sizeof(cmd), "%s generate -m %s -p 'What is dpkg?' --template llama2 -n 64 "
+		 "--temp 0.8 --top-k 40 --top-p 0.95 -s 42", bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("gen.err"), &out), 0);
+	cont = strstr(out, "[/INST]");
+	assert_non_null(cont);
+	cont += strlen("[/INST]");
+	cont += strspn(cont, " \n");
+	k = 0;
+	while (k < 40 && cont[k] && cont[k] != '\n') {
+		want[k] = cont[k];
+		k++;
+	}
+	want[k] = 0;
+	assert_true(k > 3);
+	if (!strstr(scr, want))
+		fail_msg("'%s' (qscope generate --template llama2) not in the chat:\n%s", want, scr);
+	free(out);
+	free(scr);
 	/* Ctrl-C quits from inside the chat */
 	scr = screen("100x24", "CHi<C-c>never typed", &rc);
 	assert_int_equal(rc, 0);

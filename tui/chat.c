@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../engine/chat_tmpl.h"
 #include "../engine/forward.h"
 #include "../engine/generate.h"
 #include "../engine/sample.h"
@@ -24,6 +25,9 @@ struct chat {
 	char desc[128];
 	const int *calib;
 	int n_calib, threaded;
+	int tmpl;                  /* enum chat_tmpl_kind */
+	int tmpl_given;            /* chosen by the user, not read from the model */
+	int stops[4], n_stops;     /* ids that end the answer (besides EOS) */
 	/* the exchange */
 	char prompt[1024];
 	int n_prompt;
@@ -109,12 +113,15 @@ static int on_token(void *user, int prev, int id)
 	(void)prev;
 	tokcb *t = user;
 	chat *c = t->c;
+	for (int i = 0; i < c->n_stops; i++)
+		if (id == c->stops[i]) /* the template's end of turn: not shown */
+			return GEN_STOP;
 	pthread_mutex_lock(&c->mu);
 	if (c->n_out[t->k] < CHAT_PREDICT)
 		c->out[t->k][c->n_out[t->k]++] = id;
 	pthread_mutex_unlock(&c->mu);
 	atomic_store(&c->fresh, 1);
-	return atomic_load(&c->cancel);
+	return atomic_load(&c->cancel) ? 1 : 0;
 }
 
 static int quant_cancel(void *user, long done, long total)
@@ -178,7 +185,13 @@ static void start_generation(chat *c, const char *text)
 	int *ids = NULL;
 	size_t n = 0;
 	qs_error err = { 0 };
-	if (tok_encode(c->base->tok, text, strlen(text), 1, &ids, &n, &err)) {
+	int rc = chat_tmpl_prompt(c->tmpl, c->base->tok, text, &ids, &n, &err);
+	if (!rc && c->tmpl != CHAT_TMPL_NONE && n > CHAT_MAX_PROMPT) { /* cutting would break the format */
+		free(ids);
+		rc = qs_err(&err, QS_EUSAGE, "the prompt is %zu tokens in the %s template, over %d", n,
+			    chat_tmpl_name(c->tmpl), CHAT_MAX_PROMPT);
+	}
+	if (rc) {
 		snprintf(c->err, sizeof(c->err), "%.250s", err.msg);
 		return;
 	}
@@ -209,8 +222,8 @@ static void start_generation(chat *c, const char *text)
 
 /* ------------------------------------------------------------ lifecycle */
 
-chat *chat_new(const model *base, const quant_plan *plan, const char *plan_desc, int threaded,
-	       qs_error *err)
+chat *chat_new(const model *base, const quant_plan *plan, const char *plan_desc, int tmpl,
+	       int threaded, qs_error *err)
 {
 	if (g_chat) {
 		qs_err(err, QS_EUSAGE, "chat: one chat at a time");
@@ -223,6 +236,13 @@ chat *chat_new(const model *base, const quant_plan *plan, const char *plan_desc,
 	}
 	c->base = base;
 	c->threaded = threaded;
+	c->tmpl_given = tmpl >= 0;
+	c->tmpl = tmpl >= 0 && tmpl < CHAT_TMPL_N ? tmpl : chat_tmpl_detect(base->chat_template);
+	int st[4];
+	int ns = chat_tmpl_stops(c->tmpl, base->tok, st, 4);
+	for (int i = 0; i < ns; i++)
+		if (st[i] != tok_eos(base->tok)) /* EOS ends generation by itself (and is kept) */
+			c->stops[c->n_stops++] = st[i];
 	snprintf(c->desc, sizeof(c->desc), "%s", plan_desc);
 	pthread_mutex_init(&c->mu, NULL);
 	for (int i = 0; i < plan->n; i++)
@@ -375,8 +395,15 @@ static int draw_column(chat *c, tui_canvas *cv, int y0, int y1, int x0, int w, c
 void chat_draw(chat *c, tui_canvas *cv)
 {
 	tui_canvas_clear(cv);
-	tui_put(cv, 0, 0, 0, TUI_BOLD,
-		"chat: plain completion, the same seed for both (temp 0.8, top-k 40, top-p 0.95)");
+	if (c->tmpl == CHAT_TMPL_NONE)
+		tui_put(cv, 0, 0, 0, TUI_BOLD,
+			c->tmpl_given || !c->base->chat_template
+				? "chat: plain completion (no chat template), the same seed for both (temp 0.8, top-k 40, top-p 0.95)"
+				: "chat: plain completion (the model's chat template is not llama2, chatml or llama3), the same seed for both");
+	else
+		tui_putf(cv, 0, 0, 0, TUI_BOLD,
+			 "chat: %s template (%s), the same seed for both (temp 0.8, top-k 40, top-p 0.95)",
+			 chat_tmpl_name(c->tmpl), c->tmpl_given ? "--template" : "the model's");
 	int half = (cv->w - 1) / 2;
 	pthread_mutex_lock(&c->mu);
 	int n0 = c->n_out[0], n1 = c->n_out[1];

@@ -22,9 +22,10 @@ extern pthread_mutex_t tui_compute_mu;
 typedef struct chat chat;
 
 /* base is the original model; the quantized one is built from plan (which
- * is copied) when the first prompt is sent. */
-chat *chat_new(const model *base, const quant_plan *plan, const char *plan_desc, int threaded,
-	       qs_error *err);
+ * is copied) when the first prompt is sent. tmpl: an enum chat_tmpl_kind,
+ * or -1 to use the model's own template (plain completion without one). */
+chat *chat_new(const model *base, const quant_plan *plan, const char *plan_desc, int tmpl,
+	       int threaded, qs_error *err);
 /* Calibration tokens (n_calib x 512, borrowed) for plans that need them. */
 void chat_set_calib(chat *c, const int *calib, int n_calib);
 void chat_free(chat *c);

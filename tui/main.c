@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../engine/chat_tmpl.h"
 #include "../engine/eval.h"
 #include "../engine/forward.h"
 #include "../engine/generate.h"
@@ -172,7 +173,7 @@ out:
 /* ------------------------------------------------------------ generate */
 
 static common gen_co;
-static const char *gen_prompt;
+static const char *gen_prompt, *gen_template = "none";
 static int gen_n = 64, gen_topk = 40, gen_seed = 42;
 static float gen_temp = 0.8f, gen_topp = 0.95f;
 
@@ -187,6 +188,7 @@ static const opt *gen_opts(void)
 		{ NULL, "--top-k", OPT_INT, &gen_topk, "K", "keep the K most likely tokens; 0 = off (default 40)" },
 		{ NULL, "--top-p", OPT_FLOAT, &gen_topp, "P", "nucleus sampling mass; 1 = off (default 0.95)" },
 		{ "-s", "--seed", OPT_INT, &gen_seed, "SEED", "sampling seed (default 42)" },
+		{ NULL, "--template", OPT_STR, &gen_template, "T", "the prompt as one user turn in a chat format: auto (the model's chat template), llama2, chatml, llama3, none (plain completion; default)" },
 		{ "-t", "--threads", OPT_INT, &gen_co.threads, "N", "threads (default: all cores)" },
 		{ NULL, "--json", OPT_FLAG, &gen_co.json, NULL, "print {ids, text, ...} on stdout" },
 		{ NULL, NULL, 0, NULL, NULL, NULL },
@@ -197,11 +199,15 @@ static const opt *gen_opts(void)
 typedef struct gen_print {
 	const model *m;
 	int json;
+	int stops[4], n_stops; /* the template's end-of-turn ids besides EOS */
 } gen_print;
 
 static int gen_on_token(void *user, int prev, int id)
 {
 	gen_print *g = user;
+	for (int i = 0; i < g->n_stops; i++)
+		if (id == g->stops[i])
+			return GEN_STOP;
 	if (!g->json) {
 		char buf[256];
 		tok_decode(g->m->tok, prev, id, buf, sizeof(buf));
@@ -232,7 +238,15 @@ static int cmd_generate(int argc, char **argv)
 	size_t n = 0;
 	fwd_ctx *f = NULL;
 	char *text = NULL;
-	if (tok_encode(m->tok, gen_prompt, strlen(gen_prompt), 1, &ids, &n, &err)) {
+	int tmpl;
+	if (chat_tmpl_parse(gen_template, &tmpl, &err)) {
+		fprintf(stderr, "qscope generate: --template: %s\n", err.msg);
+		rc = EXIT_USAGE;
+		goto out;
+	}
+	if (tmpl < 0)
+		tmpl = chat_tmpl_detect(m->chat_template);
+	if (chat_tmpl_prompt(tmpl, m->tok, gen_prompt, &ids, &n, &err)) {
 		fprintf(stderr, "qscope generate: %s\n", err.msg);
 		rc = EXIT_INPUT;
 		goto out;
@@ -262,7 +276,11 @@ static int cmd_generate(int argc, char **argv)
 		fflush(stdout);
 	}
 	sample_opts so = { gen_temp, gen_topk, gen_topp, (uint64_t)gen_seed };
-	gen_print gp = { m, gen_co.json };
+	gen_print gp = { .m = m, .json = gen_co.json };
+	int st[4], ns = chat_tmpl_stops(tmpl, m->tok, st, 4);
+	for (int i = 0; i < ns; i++)
+		if (st[i] != tok_eos(m->tok))
+			gp.stops[gp.n_stops++] = st[i];
 	gen_result r;
 	if (gen_n > 0 && gen_run(f, m, ids, (int)n, gen_n, ctx, &so, gen_on_token, &gp, &r, &err)) {
 		fprintf(stderr, "qscope generate: %s\n", err.msg);
