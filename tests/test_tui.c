@@ -537,6 +537,35 @@ static void test_live_eval(void **s)
 	free(out);
 }
 
+/* The mouse, through the key script's <Click:ROW> and wheel names (the
+ * same codes the curses loop makes of mouse events): a click moves the
+ * cursor, a second click on it selects, the wheel moves three rows, a
+ * click off the table does nothing. */
+static void test_mouse(void **s)
+{
+	(void)s;
+	int rc;
+	/* rows 2.. are the table: row 7 is the sixth tensor, blk.0.ffn_up */
+	char *scr = screen("100x30", "<Click:0><Click:7>f", &rc);
+	assert_int_equal(rc, 0);
+	char *l = line_of(scr, "blk.0.ffn_up.weight");
+	assert_non_null(l);
+	assert_non_null(strstr(l, "q4_0"));
+	free(l);
+	assert_non_null(strstr(scr, "plan: 1 quantized"));
+	free(scr);
+	scr = screen("100x30", "<Click:5><Click:5>", &rc);
+	assert_non_null(strstr(scr, "*blk.0.attn_output.weight"));
+	assert_non_null(strstr(scr, "selected 1"));
+	free(scr);
+	scr = screen("100x30", "<WheelDown><WheelDown><WheelUp>f", &rc);
+	l = line_of(scr, "blk.0.attn_output.weight"); /* 0 + 3 + 3 - 3 */
+	assert_non_null(l);
+	assert_non_null(strstr(l, "q4_0"));
+	free(l);
+	free(scr);
+}
+
 /* After calibration (c) the o.err column and the detail pane of a Q4_0
  * tensor: ||(W - Q) X^T|| / ||W X^T|| over the inputs of blk.0's q/k/v on
  * the quick evaluation's 16 calibration windows (seed 0, BOS first),
@@ -773,6 +802,7 @@ int main(void)
 		cmocka_unit_test(test_demo),
 		cmocka_unit_test(test_full_eval),
 		cmocka_unit_test(test_weight_error),
+		cmocka_unit_test(test_mouse),
 		cmocka_unit_test(test_output_error),
 		cmocka_unit_test(test_incremental_eval),
 		cmocka_unit_test(test_live_eval),

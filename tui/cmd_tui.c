@@ -32,7 +32,7 @@ static const opt o_tui[] = {
 	{ NULL, "--sens", OPT_STR, &t_sens, "FILE", "sensitivity results to show (qscope sensitivity -o)" },
 	{ NULL, "--recipe", OPT_STR, &t_recipe, "FILE", "start from a saved plan" },
 	{ NULL, "--policy", OPT_STR, &t_policy, "FILE.lua", "offer this policy first in the p picker (besides lua/policies/*.lua)" },
-	{ NULL, "--keys", OPT_STR, &t_keys, "SCRIPT", "headless: keys to run, e.g. 'jj<Space>mb' (<Up> <Down> <PgUp> <PgDn> <Home> <End> <Enter> <Esc> <Space> <BS> <F1> <C-r>)" },
+	{ NULL, "--keys", OPT_STR, &t_keys, "SCRIPT", "headless: keys to run, e.g. 'jj<Space>mb' (<Up> <Down> <PgUp> <PgDn> <Home> <End> <Enter> <Esc> <Space> <BS> <F1> <C-r> <C-c> <WheelUp> <WheelDown> <Click:ROW>)" },
 	{ NULL, "--eval", OPT_STR, &t_eval, "TEXT", "quick-evaluation text (default data/wikitext-2-test.txt)" },
 	{ NULL, "--chunks", OPT_INT, &t_chunks, "N", "quick-evaluation chunks of 512 (default 8)" },
 	{ NULL, "--calib-samples", OPT_INT, &t_calib_n, "N", "calibration windows of 512 for GPTQ/AWQ plans in the quick evaluation (default 16)" },
@@ -475,10 +475,16 @@ static int script_key(const char **s, char *bad, size_t cap)
 		{ "<Enter>", WB_KEY_ENTER }, { "<Esc>", WB_KEY_ESC },   { "<Space>", ' ' },
 		{ "<BS>", WB_KEY_BACKSPACE }, { "<F1>", WB_KEY_F1 },    { "<C-r>", WB_KEY_CTRL_R },
 		{ "<lt>", '<' }, { "<C-c>", WB_KEY_CTRL_C }, { "<C-d>", 4 },
+		{ "<WheelUp>", WB_KEY_WHEEL_UP }, { "<WheelDown>", WB_KEY_WHEEL_DOWN },
 	};
 	if (!**s)
 		return -1;
 	if (**s == '<') {
+		int row, used = 0;
+		if (sscanf(*s, "<Click:%d>%n", &row, &used) == 1 && used > 0 && row >= 0 && row < 1000) {
+			*s += used;
+			return WB_KEY_CLICK + row;
+		}
 		for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 			size_t n = strlen(names[i].name);
 			if (!strncmp(*s, names[i].name, n)) {
@@ -542,6 +548,8 @@ static int ui_key(ui *u, int k)
 	if (u->chat) {
 		if (k == WB_KEY_CTRL_C)
 			return 1;
+		if (k >= WB_KEY_CLICK || k == WB_KEY_WHEEL_UP || k == WB_KEY_WHEEL_DOWN)
+			return 0; /* no mouse in the chat */
 		if (chat_key(u->chat, k)) {
 			chat_free(u->chat);
 			u->chat = NULL;
@@ -751,6 +759,20 @@ static int map_key(int ch)
 	case KEY_RESIZE: return WB_KEY_RESIZE;
 	case 12: return WB_KEY_RESIZE; /* Ctrl-L: redraw */
 	case 3: return WB_KEY_CTRL_C;
+	case KEY_MOUSE: {
+		MEVENT ev;
+		if (getmouse(&ev) != OK)
+			return -1;
+		if (ev.bstate & (BUTTON1_PRESSED | BUTTON1_CLICKED))
+			return WB_KEY_CLICK + ev.y;
+		if (ev.bstate & BUTTON4_PRESSED)
+			return WB_KEY_WHEEL_UP;
+#ifdef BUTTON5_PRESSED
+		if (ev.bstate & BUTTON5_PRESSED)
+			return WB_KEY_WHEEL_DOWN;
+#endif
+		return -1;
+	}
 	default: return ch;
 	}
 }
@@ -767,6 +789,13 @@ static int run_curses(ui *u, int demo)
 	noecho();
 	keypad(stdscr, TRUE);
 	set_escdelay(25);
+	/* clicks and the wheel (Shift + drag still selects text in most terminals) */
+	mmask_t mm = BUTTON1_PRESSED | BUTTON1_CLICKED | BUTTON4_PRESSED;
+#ifdef BUTTON5_PRESSED
+	mm |= BUTTON5_PRESSED;
+#endif
+	mousemask(mm, NULL);
+	mouseinterval(0);
 	curs_set(0);
 	if (has_colors() && !getenv("NO_COLOR")) {
 		start_color();
@@ -811,6 +840,8 @@ static int run_curses(ui *u, int demo)
 		u->last_key = now_s();
 		redraw = 1;
 		int key = map_key(ch);
+		if (key < 0)
+			continue; /* a mouse event we do not use */
 		if (demo && !u->chat && (key == '\t' || key == 'P')) {
 			if (key == 'P') {
 				autoplay = !autoplay;

@@ -61,6 +61,7 @@ struct wb {
 	wb_spec *undo;     /* (WB_UNDO_MAX, n) snapshots */
 	int n_undo, undo_pos; /* snapshots stored; the current state's index */
 	int page;          /* rows per page at the last draw */
+	int tab_y0;        /* screen row of the first table row at the last draw */
 	char status[256];
 	int dirty;         /* plan changed since wb_take_plan */
 	unsigned version;  /* plan changes so far */
@@ -91,6 +92,7 @@ static const wb_keydef keydefs[] = {
 	{ "j, Down / k, Up", "move the cursor" },
 	{ "PgDn / PgUp, Home / End", "move a page, to the first / last row" },
 	{ "Space", "select or unselect the row (edits apply to the selection, else the row)" },
+	{ "mouse", "click: cursor to the row; click on the cursor's row: (un)select it; wheel: move" },
 	{ "V", "select the range from the row Space last selected to the cursor" },
 	{ "a", "select every row of the cursor row's kind (all ffn_down, ...)" },
 	{ "A / Esc", "select every shown row / clear the selection" },
@@ -907,10 +909,34 @@ static void line_edit(char *buf, size_t cap, int key)
 	}
 }
 
+/* the mouse on the table: a click puts the cursor on the row, a click on
+ * the cursor's row (un)selects it, the wheel moves three rows */
+static int mouse_key(wb *w, int key)
+{
+	if (w->mode != MODE_TABLE || !w->n_view)
+		return 0;
+	if (key == WB_KEY_WHEEL_UP || key == WB_KEY_WHEEL_DOWN) {
+		w->cur += key == WB_KEY_WHEEL_UP ? -3 : 3;
+		w->cur = w->cur < 0 ? 0 : w->cur >= w->n_view ? w->n_view - 1 : w->cur;
+		return WB_REDRAW;
+	}
+	const int k = w->top + (key - WB_KEY_CLICK - w->tab_y0);
+	if (key - WB_KEY_CLICK < w->tab_y0 || k >= w->n_view || k >= w->top + w->page)
+		return 0; /* not on a row */
+	if (k == w->cur) {
+		w->rows[w->view[k]].sel ^= 1;
+		w->anchor = w->view[k];
+	}
+	w->cur = k;
+	return WB_REDRAW;
+}
+
 int wb_key(wb *w, int key)
 {
 	if (key == WB_KEY_RESIZE)
 		return WB_REDRAW;
+	if (key >= WB_KEY_CLICK || key == WB_KEY_WHEEL_UP || key == WB_KEY_WHEEL_DOWN)
+		return mouse_key(w, key);
 	if (w->mode == MODE_HELP || w->mode == MODE_HISTORY) {
 		w->mode = MODE_TABLE;
 		return WB_REDRAW;
@@ -1351,6 +1377,7 @@ void wb_draw(wb *w, tui_canvas *c)
 		last = detail_y0 - 1;
 	}
 	w->page = last - first + 1;
+	w->tab_y0 = first;
 	if (w->cur < w->top)
 		w->top = w->cur;
 	if (w->cur >= w->top + w->page)
