@@ -35,8 +35,9 @@ static int exists(const char *path)
 	return stat(path, &st) == 0;
 }
 
-/* Parse a whole JSON file (duplicate keys rejected) that must be an object. */
-static int load_json(const char *path, json_t **out, qs_error *err)
+/* Parse a whole JSON file (duplicate keys rejected, plus jansson's decoding
+ * flags) that must be an object. */
+static int load_json_flags(const char *path, size_t flags, json_t **out, qs_error *err)
 {
 	qs_map map;
 	*out = NULL;
@@ -45,7 +46,7 @@ static int load_json(const char *path, json_t **out, qs_error *err)
 		return rc;
 	json_error_t je;
 	json_t *j = json_loadb(map.data ? (const char *)map.data : "", map.size,
-			       JSON_REJECT_DUPLICATES, &je);
+			       JSON_REJECT_DUPLICATES | flags, &je);
 	qs_map_close(&map);
 	if (!j) {
 		char t[160];
@@ -58,6 +59,11 @@ static int load_json(const char *path, json_t **out, qs_error *err)
 	}
 	*out = j;
 	return 0;
+}
+
+static int load_json(const char *path, json_t **out, qs_error *err)
+{
+	return load_json_flags(path, 0, out, err);
 }
 
 /* ---- config.json ---- */
@@ -403,7 +409,9 @@ static int load_chat_template(model *m, const char *dir, qs_error *err)
 	if (rc || !exists(path))
 		return rc;
 	json_t *j;
-	if ((rc = load_json(path, &j, err)))
+	/* integers as reals: tokenizer configs carry model_max_length values
+	 * such as 1e30 that do not fit a 64-bit integer */
+	if ((rc = load_json_flags(path, JSON_DECODE_INT_AS_REAL, &j, err)))
 		return rc;
 	json_t *ct = json_object_get(j, "chat_template");
 	const char *t = json_string_value(ct);

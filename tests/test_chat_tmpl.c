@@ -264,6 +264,9 @@ static void test_hf_template(void **s)
 		{ "{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"x\"}, "
 		  "{\"name\": \"default\", \"template\": \"<|start_header_id|>\"}]}", 0, CHAT_TMPL_LLAMA3 },
 		{ "{\"bos_token\": \"<s>\"}", 0, CHAT_TMPL_NONE },
+		/* as transformers writes it: an integer beyond 64 bits */
+		{ "{\"model_max_length\": 1000000000000000019884624838656, \"chat_template\": \"<|im_start|>\"}",
+		  0, CHAT_TMPL_CHATML },
 		{ "{\"chat_template\": 42}", QS_EFORMAT, 0 },
 	};
 	char cfg[1100];
