@@ -29,7 +29,7 @@ t send-keys Enter / f f n _ d o w n Enter A m b b b b b
 wait_for "plan: 8 quantized (3.250 bpw)" 20
 wait_for "eval 8 chunks" 60
 sleep 1
-wait_for "eval 8 chunks: FP [0-9.]*  now [0-9.]* ([+-][0-9.]*)  KLD [0-9.]*  top [0-9.]*%  [0-9.]* s$" 60
+wait_for "eval 8 chunks: FP [0-9.]*  now [0-9.]* ([+-][0-9.]*)  KLD [0-9.]*  top [0-9.]*%  [0-9.]* s from " 60
 shot 03-gptq-int3-ffn-down 0.5
 t send-keys Escape / Enter p
 wait_for "apply a Lua policy" 10
