@@ -182,6 +182,8 @@ int quant_spec_parse(const char *str, quant_spec *out, qs_error *err)
 			s.alpha = (float)v;
 		else if (strcmp(opts, "clip") == 0)
 			s.awq_clip = v != 0;
+		else if (strcmp(opts, "gptq") == 0)
+			s.awq_gptq = v != 0;
 		else if (strcmp(opts, "p") == 0)
 			s.hqq_p = (float)v;
 		else if (strcmp(opts, "iters") == 0)
@@ -194,7 +196,7 @@ int quant_spec_parse(const char *str, quant_spec *out, qs_error *err)
 			s.act_per_token = !(v != 0);
 		else
 			return qs_err(err, QS_EUSAGE,
-				      "spec '%s': unknown option '%s' (act_order, static_groups, mse, damp=, block=, alpha=, clip=, p=, iters=, outliers[=T], act[=B], act_tensor)",
+				      "spec '%s': unknown option '%s' (act_order, static_groups, mse, damp=, block=, alpha=, clip=, gptq, p=, iters=, outliers[=T], act[=B], act_tensor)",
 				      str, opts);
 		opts = next;
 	}
@@ -244,6 +246,7 @@ void quant_spec_str(const quant_spec *s, char *buf, size_t cap)
 	OPT(s->block != d.block, ",block=%d", s->block)
 	OPT(s->alpha != d.alpha, ",alpha=%g", (double)s->alpha)
 	OPT(s->awq_clip != d.awq_clip, ",clip=%d", s->awq_clip)
+	OPT(s->awq_gptq, ",gptq")
 	OPT(s->hqq_p != d.hqq_p, ",p=%g", (double)s->hqq_p)
 	OPT(s->hqq_iters != d.hqq_iters, ",iters=%d", s->hqq_iters)
 	OPT(s->outlier_thresh > 0, ",outliers=%g", (double)s->outlier_thresh)
@@ -265,7 +268,11 @@ int quant_spec_check(const quant_spec *s, const char *tensor, int rows, int cols
 	if ((s->method == QUANT_GPTQ || s->method == QUANT_HQQ) && !is_int)
 		return qs_err(err, QS_EUSAGE, "%s: method %s needs an intB format, not this one", tensor,
 			      quant_method_name(s->method));
-	if (s->method == QUANT_GPTQ && (s->damp <= 0 || s->damp >= 1 || s->block < 1))
+	if (s->awq_gptq && s->method != QUANT_AWQ)
+		return qs_err(err, QS_EUSAGE, "%s: option gptq (GPTQ after AWQ's scaling) is for method awq", tensor);
+	if (s->awq_gptq && !is_int)
+		return qs_err(err, QS_EUSAGE, "%s: awq with gptq needs an intB format, not this one", tensor);
+	if ((s->method == QUANT_GPTQ || s->awq_gptq) && (s->damp <= 0 || s->damp >= 1 || s->block < 1))
 		return qs_err(err, QS_EUSAGE, "%s: gptq damp must be in (0, 1) and block >= 1", tensor);
 	if (s->method == QUANT_SMOOTHQUANT && !(s->alpha >= 0 && s->alpha <= 1))
 		return qs_err(err, QS_EUSAGE, "%s: smoothquant alpha %g not in [0, 1]", tensor,
@@ -328,7 +335,7 @@ size_t quant_spec_bytes(const quant_spec *s, int rows, int cols)
 	if (s->method == QUANT_NONE)
 		return 0;
 	size_t b = kn_qparams_bytes(&s->fmt, rows, cols);
-	if (s->method == QUANT_GPTQ && s->act_order && !s->static_groups && s->fmt.fmt == KN_QF_INT &&
+	if ((s->method == QUANT_GPTQ || s->awq_gptq) && s->act_order && !s->static_groups && s->fmt.fmt == KN_QF_INT &&
 	    s->fmt.group > 0)
 		b += sizeof(int32_t) * (size_t)cols; /* g_idx */
 	return b;

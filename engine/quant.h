@@ -36,6 +36,8 @@ typedef struct quant_spec {
 	/* AWQ / SmoothQuant */
 	float alpha;          /* SmoothQuant migration strength (0.5); AWQ: < 0 = grid search */
 	int awq_clip;         /* AWQ: search per-group clipping after scaling (1) */
+	int awq_gptq;         /* AWQ: quantize the scaled weights with GPTQ (damp, block,
+			       * act_order, static_groups, mse as for GPTQ) instead of RTN */
 	/* HQQ */
 	float hqq_p;          /* lp norm, p < 1 (0.7) */
 	int hqq_iters;        /* solver iterations (20) */

@@ -393,7 +393,10 @@ static int quantize_one(qctx *c, model_tensor *t, const quant_spec *s, const flo
 {
 	int rows = (int)t->ne[1], cols = (int)t->ne[0];
 	quant_spec rs = *s;
-	if (rs.method == QUANT_AWQ || rs.method == QUANT_SMOOTHQUANT)
+	if (rs.method == QUANT_AWQ && rs.awq_gptq) { /* AWQ's scaling, then GPTQ on X/s */
+		rs.method = QUANT_GPTQ;
+		rs.awq_gptq = 0;
+	} else if (rs.method == QUANT_AWQ || rs.method == QUANT_SMOOTHQUANT)
 		rs.method = QUANT_RTN;
 	kn_qmatrix *q;
 	int rc = quant_tensor(t->name, W, rows, cols, &rs, stats ? stats->xtx : NULL,
@@ -401,7 +404,7 @@ static int quantize_one(qctx *c, model_tensor *t, const quant_spec *s, const flo
 			      &c->rep->seconds_gptq, c->err);
 	if (rc)
 		return rc;
-	if (s->method == QUANT_GPTQ)
+	if (rs.method == QUANT_GPTQ)
 		c->rep->gptq_gflop += (2.0 * rows * (double)cols * cols + 1.0 * cols * (double)cols * cols) * 1e-9;
 	if ((rc = model_keep_qmatrix(c->m, q, c->err)))
 		return rc;
@@ -577,8 +580,8 @@ static int quantize_site(qctx *c, int site)
 		const quant_spec *s = c->sp[idx[k]];
 		if (!s)
 			continue;
-		need |= s->method == QUANT_GPTQ || s->outlier_thresh > 0;
-		xtx |= s->method == QUANT_GPTQ;
+		need |= s->method == QUANT_GPTQ || s->awq_gptq || s->outlier_thresh > 0;
+		xtx |= s->method == QUANT_GPTQ || s->awq_gptq;
 	}
 	calib_stats st;
 	memset(&st, 0, sizeof(st));

@@ -295,7 +295,7 @@ static int spec_from_lua(lua_State *L, int idx, const char *tensor, char *buf, s
 				  tensor, luaL_typename(L, idx));
 	static const char *const keys[] = { "method", "format", "bits", "group", "sym", "act_order",
 					    "static_groups", "mse", "damp", "block", "alpha", "clip",
-					    "p", "iters", "outliers", "act_bits", "act_per", NULL };
+					    "gptq", "p", "iters", "outliers", "act_bits", "act_per", NULL };
 	/* unknown fields are mistakes: say which */
 	lua_pushnil(L);
 	while (lua_next(L, idx)) {
@@ -351,7 +351,7 @@ static int spec_from_lua(lua_State *L, int idx, const char *tensor, char *buf, s
 		else if (!strcmp(ints[i], "group"))
 			group = (int)v;
 	}
-	static const char *const bools[] = { "sym", "act_order", "static_groups", "mse", "clip", NULL };
+	static const char *const bools[] = { "sym", "act_order", "static_groups", "mse", "clip", "gptq", NULL };
 	for (int i = 0; bools[i]; i++)
 		if (FIELD(bools[i])) {
 			lua_getfield(L, idx, bools[i]);
@@ -388,7 +388,7 @@ static int spec_from_lua(lua_State *L, int idx, const char *tensor, char *buf, s
 #define ADD(...)                                                                     \
 	if (n > 0 && (size_t)n < cap)                                                    \
 		n += snprintf(buf + n, cap - (size_t)n, __VA_ARGS__);
-	static const char *const flags[] = { "act_order", "static_groups", "mse", NULL };
+	static const char *const flags[] = { "act_order", "static_groups", "mse", "gptq", NULL };
 	for (int i = 0; flags[i]; i++) {
 		lua_getfield(L, idx, flags[i]);
 		int on = lua_toboolean(L, -1);

@@ -13,6 +13,11 @@ evals="data/wikitext-2-test.txt,$shared/data/debdoc-val.txt"
 calib="$shared/data/debdoc-calib.txt"
 out=build/quality.jsonl
 mkdir -p build docs
+# ONLY="spec spec ...": run just those rows and keep the others' lines from
+# the last run (build/quality.jsonl), e.g. after adding a row
+prev=build/quality.prev.jsonl
+rm -f "$prev"
+if [ -n "${ONLY:-}" ] && [ -f "$out" ]; then cp "$out" "$prev"; fi
 : > "$out"
 
 # spec | what it is
@@ -25,6 +30,7 @@ specs=(
 	"gptq:int4g128|int4 g128 asym, GPTQ"
 	"gptq:int4g128,act_order|int4 g128 asym, GPTQ act-order"
 	"awq:int4g128|int4 g128 asym, AWQ"
+	"awq:int4g128,gptq|int4 g128 asym, AWQ then GPTQ"
 	"hqq:int4g128|int4 g128 asym, HQQ"
 	"int4g128,mse|int4 g128 asym, RTN + MSE clipping"
 	"q4_0|ggml Q4_0 (= int4 g32 sym), RTN"
@@ -39,6 +45,8 @@ specs=(
 	"gptq:int3g128,act_order,static_groups|int3 g128 asym, GPTQ act-order, static groups"
 	"gptq:int3g128,mse|int3 g128 asym, GPTQ + MSE grids"
 	"awq:int3g128|int3 g128 asym, AWQ"
+	"awq:int3g128,gptq|int3 g128 asym, AWQ then GPTQ"
+	"awq:int3g128,gptq,mse|int3 g128 asym, AWQ then GPTQ + MSE grids"
 	"hqq:int3g128|int3 g128 asym, HQQ"
 	"int2g64|int2 g64 asym, RTN"
 	"gptq:int2g64|int2 g64 asym, GPTQ"
@@ -52,10 +60,20 @@ specs=(
 )
 for row in "${specs[@]}"; do
 	spec=${row%%|*}
+	if [ -f "$prev" ] && [[ " $ONLY " != *" $spec "* ]]; then
+		line=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    if json.loads(l)["spec"] == sys.argv[2]: print(l, end="")' "$prev" "$spec")
+		if [ -n "$line" ]; then
+			echo "$line" >> "$out"
+			continue
+		fi
+	fi
 	echo "quality: $spec" >&2
 	./qscope quant -m "$model" -f "$calib" --spec "$spec" --eval "$evals" --chunks "$chunks" \
 		--kld --json | python3 -c 'import json,sys; j=json.load(sys.stdin); j["what"]=sys.argv[1]; print(json.dumps(j))' "${row#*|}" >> "$out"
 done
 python3 scripts/quality_table.py "$out" "$chunks" > docs/QUALITY.md.tmp
 mv docs/QUALITY.md.tmp docs/QUALITY.md
+rm -f "$prev"
 echo "quality: wrote docs/QUALITY.md" >&2

@@ -40,7 +40,7 @@ static void test_spec_roundtrip(void **s)
 			     "gptq:int4g128,act_order", "gptq:int3g128,act_order,static_groups,damp=0.1",
 			     "awq:int4g128", "awq:int4g128,alpha=0.5", "smoothquant:int8c,act=8",
 			     "smoothquant:int8c,alpha=0.8,act=8,act_tensor", "hqq:int4g64,p=0.5,iters=30",
-			     "int8c,outliers=6", "rtn:int4g32,mse" };
+			     "int8c,outliers=6", "rtn:int4g32,mse", "awq:int3g128,gptq,act_order" };
 	qs_error err = { 0 };
 	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
 		quant_spec a, b;
@@ -72,6 +72,18 @@ static void test_spec_roundtrip(void **s)
 		assert_int_equal(quant_spec_parse(bad[i].s, &q, &err), QS_EUSAGE);
 		if (!strstr(err.msg, bad[i].msg) || !strstr(err.msg, bad[i].s))
 			fail_msg("'%s': message '%s' lacks '%s'", bad[i].s, err.msg, bad[i].msg);
+	}
+	/* GPTQ after AWQ's scaling: only for awq, only into intB */
+	struct { const char *s, *msg; } badcheck[] = {
+		{ "gptq:int4g128,gptq", "is for method awq" },
+		{ "awq:q4_0,gptq", "needs an intB format" },
+		{ "awq:int4g128,gptq,damp=2", "damp must be in (0, 1)" },
+	};
+	for (size_t i = 0; i < sizeof(badcheck) / sizeof(badcheck[0]); i++) {
+		assert_int_equal(quant_spec_parse(badcheck[i].s, &q, &err), 0);
+		assert_int_equal(quant_spec_check(&q, "blk.0.attn_q.weight", 384, 384, &err), QS_EUSAGE);
+		if (!strstr(err.msg, badcheck[i].msg) || !strstr(err.msg, "blk.0.attn_q.weight"))
+			fail_msg("'%s': message '%s' lacks '%s'", badcheck[i].s, err.msg, badcheck[i].msg);
 	}
 	/* checks against a tensor name the tensor and the field */
 	assert_int_equal(quant_spec_parse("int4g100", &q, &err), 0);
@@ -616,9 +628,12 @@ static void test_layer_errors(void **s)
 	quant_xtx *xs;
 	assert_int_equal(quant_xtx_collect(base, calib, NC, LEN, (size_t)1 << 30, NULL, NULL, &xs, &err), 0);
 	/* AWQ rescales W's columns and folds 1/s into the norm: both measures
-	 * must undo that (the quantized model's own layer-0 input is X / s) */
-	const char *specs[] = { "int3g128", "awq:int3g128" };
-	for (int k = 0; k < 2; k++) {
+	 * must undo that (the quantized model's own layer-0 input is X / s).
+	 * GPTQ after AWQ's scaling minimises exactly that error for layer 0's
+	 * q/k/v (their input is the same in both): it must come out lower. */
+	const char *specs[] = { "int3g128", "awq:int3g128", "awq:int3g128,gptq" };
+	double sum_err[3] = { 0 };
+	for (int k = 0; k < 3; k++) {
 		model *qm = quantize_with(specs[k], calib, NC, LEN);
 		quant_layer_err *le;
 		int n;
@@ -635,7 +650,8 @@ static void test_layer_errors(void **s)
 			assert_string_equal(le[idx].name, bt->name);
 			assert_true(fabs(le[idx].rel_err - direct) < 1e-3 * direct);
 			assert_true(fabs(stored - direct) < 1e-3 * direct);
-			if (k == 1) /* the scales were recorded, and really not 1 */
+			sum_err[k] += direct;
+			if (k >= 1) /* the scales were recorded, and really not 1 */
 				assert_true(qt->col_scale && qt->col_scale[0] != 1.0f);
 		}
 		/* unquantized tensors have no figure */
@@ -645,6 +661,9 @@ static void test_layer_errors(void **s)
 		free(le);
 		model_free(qm);
 	}
+	print_message("layer 0 q/k/v output error: rtn %.4f, awq %.4f, awq+gptq %.4f\n", sum_err[0] / 3,
+		      sum_err[1] / 3, sum_err[2] / 3);
+	assert_true(sum_err[2] < sum_err[1]);
 	/* a store over the budget is refused with the sizes */
 	quant_xtx *none = NULL;
 	assert_int_equal(quant_xtx_collect(base, calib, NC, LEN, 1024, NULL, NULL, &none, &err), QS_EUNSUPP);
