@@ -46,7 +46,7 @@ specs=(
 	"gptq:int3g128,mse|int3 g128 asym, GPTQ + MSE grids"
 	"awq:int3g128|int3 g128 asym, AWQ"
 	"awq:int3g128,gptq|int3 g128 asym, AWQ then GPTQ"
-	"awq:int3g128,gptq,mse|int3 g128 asym, AWQ then GPTQ + MSE grids"
+	"awq:int3g128,mse,gptq|int3 g128 asym, AWQ then GPTQ + MSE grids"
 	"hqq:int3g128|int3 g128 asym, HQQ"
 	"int2g64|int2 g64 asym, RTN"
 	"gptq:int2g64|int2 g64 asym, GPTQ"
