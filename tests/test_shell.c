@@ -80,6 +80,36 @@ static void test_script(void **s)
 	free(out);
 }
 
+/* chat with a template: the original's greedy answer is what `qscope
+ * generate --template llama2 --temp 0` continues the same prompt with */
+static void test_chat_template(void **s)
+{
+	(void)s;
+	char cmd[2048], *out = NULL, *gen = NULL;
+	snprintf(cmd, sizeof(cmd), "printf 'chat What is dpkg?\\n' | %s shell -m %s --template llama2", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("sh.err"), &out), 0);
+	snprintf(cmd, sizeof(cmd), "%s generate -m %s -p 'What is dpkg?' --template llama2 --temp 0 -n 48",
+		 bin, tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("gen.err"), &gen), 0);
+	const char *cont = strstr(gen, "[/INST]");
+	assert_non_null(cont);
+	cont += strlen("[/INST]");
+	char want[64];
+	snprintf(want, sizeof(want), "%.*s", (int)strcspn(cont + strspn(cont, " \n"), "\n"),
+		 cont + strspn(cont, " \n"));
+	assert_true(strlen(want) > 10);
+	const char *orig = strstr(out, "original:");
+	assert_non_null(orig);
+	if (!strstr(orig, want))
+		fail_msg("'%s' (generate --template llama2) not in the shell's answer:\n%s", want, out);
+	free(out);
+	free(gen);
+	snprintf(cmd, sizeof(cmd), "%s shell -m %s --template vicuna < /dev/null", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(tu_run(cmd, tu_tmppath("sh.err"), NULL), 1);
+}
+
 static void test_errors_and_pipe(void **s)
 {
 	(void)s;
@@ -111,6 +141,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_script),
+		cmocka_unit_test(test_chat_template),
 		cmocka_unit_test(test_errors_and_pipe),
 	};
 	return cmocka_run_group_tests(tests, setup, NULL);

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../engine/calib.h"
+#include "../engine/chat_tmpl.h"
 #include "../engine/eval.h"
 #include "../engine/forward.h"
 #include "../engine/generate.h"
@@ -20,11 +21,13 @@
 #include "commands.h"
 
 static common co;
-static const char *sh_script;
+static const char *sh_script, *sh_template = "auto";
+static int sh_tmpl = -1; /* enum chat_tmpl_kind; -1: the model's */
 
 static const opt o_shell[] = {
 	{ "-m", "--model", OPT_STR, &co.model, "MODEL", "model to load first (default " DEFAULT_MODEL ")" },
 	{ NULL, "--script", OPT_STR, &sh_script, "FILE", "run the commands in FILE (one per line, # comments) and exit" },
+	{ NULL, "--template", OPT_STR, &sh_template, "T", "chat's prompt format: auto (the model's chat template), none, llama2, chatml, llama3 (default auto)" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
 };
@@ -377,6 +380,21 @@ static int compare(repl *r, int argc, char **argv, int kld)
 static int c_ppl(repl *r, int argc, char **argv) { return compare(r, argc, argv, 0); }
 static int c_kld(repl *r, int argc, char **argv) { return compare(r, argc, argv, 1); }
 
+/* a chat template's end-of-turn ids end the answer */
+typedef struct stops {
+	int id[4], n;
+} stops;
+
+static int stop_at(void *user, int prev, int id)
+{
+	const stops *s = user;
+	(void)prev;
+	for (int i = 0; i < s->n; i++)
+		if (id == s->id[i])
+			return GEN_STOP;
+	return 0;
+}
+
 static int c_chat(repl *r, int argc, char **argv)
 {
 	if (need_model(r))
@@ -394,7 +412,11 @@ static int c_chat(repl *r, int argc, char **argv)
 	qs_error err = { 0 };
 	int *ids = NULL;
 	size_t n;
-	if (tok_encode(r->m->tok, prompt, strlen(prompt), 1, &ids, &n, &err)) {
+	/* the model's chat format (plain completion without one) */
+	const int tmpl = sh_tmpl >= 0 ? sh_tmpl : chat_tmpl_detect(r->m->chat_template);
+	stops st;
+	st.n = chat_tmpl_stops(tmpl, r->m->tok, st.id, 4);
+	if (chat_tmpl_prompt(tmpl, r->m->tok, prompt, &ids, &n, &err)) {
 		fprintf(stderr, "chat: %s\n", err.msg);
 		return 1;
 	}
@@ -407,11 +429,13 @@ static int c_chat(repl *r, int argc, char **argv)
 		sample_opts so = { .temp = 0 };
 		gen_result g;
 		if (!buf || !f || (memcpy(buf, ids, sizeof(int) * n),
-				   gen_run(f, m, buf, (int)n, 48, len, &so, NULL, NULL, &g, &err))) {
+				   gen_run(f, m, buf, (int)n, 48, len, &so, stop_at, &st, &g, &err))) {
 			fprintf(stderr, "chat: %s\n", err.msg);
 			rc = 1;
 		} else {
 			printf("%s:\n%s", k ? "quantized" : "original", prompt);
+			if (tmpl != CHAT_TMPL_NONE && g.n_gen && stop_at(&st, 0, buf[n + g.n_gen - 1]))
+				g.n_gen--; /* the end-of-turn token is not shown */
 			for (int i = (int)n; i < (int)n + g.n_gen; i++) {
 				char piece[128];
 				size_t pl = tok_decode(m->tok, buf[i - 1], buf[i], piece, sizeof(piece));
@@ -566,6 +590,11 @@ int cmd_shell(int argc, char **argv)
 	int rc = cli_parse_opts("shell", argc, argv, o_shell);
 	if (rc)
 		return rc;
+	qs_error terr = { 0 };
+	if (chat_tmpl_parse(sh_template, &sh_tmpl, &terr)) {
+		fprintf(stderr, "qscope shell: --template: %s\n", terr.msg);
+		return EXIT_USAGE;
+	}
 	repl r;
 	memset(&r, 0, sizeof(r));
 	char *load[] = { "load", NULL };
