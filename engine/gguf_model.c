@@ -129,10 +129,10 @@ static int load_vocab(gguf_file *g, model *m, qs_error *err)
 		if (gguf_get_str(g, "tokenizer.chat_template", &ct, err))
 			return name_file(err, path, QS_EFORMAT);
 		char *t = strndup(ct.s, (size_t)ct.len);
-		if (!t || model_keep_buffer(m, t, err)) {
-			free(t);
+		if (!t)
 			return qs_err(err, QS_ENOMEM, "%s: out of memory", path);
-		}
+		if (model_keep_buffer(m, t, err)) /* frees t */
+			return QS_ENOMEM;
 		m->chat_template = t;
 	}
 	return 0;

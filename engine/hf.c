@@ -429,10 +429,10 @@ static int load_chat_template(model *m, const char *dir, qs_error *err)
 	}
 	char *copy = t ? strdup(t) : NULL;
 	json_decref(j);
-	if (t && (!copy || model_keep_buffer(m, copy, err))) {
-		free(copy);
+	if (t && !copy)
 		return qs_err(err, QS_ENOMEM, "%s: out of memory", path);
-	}
+	if (copy && model_keep_buffer(m, copy, err)) /* frees copy */
+		return QS_ENOMEM;
 	m->chat_template = copy;
 	return 0;
 }
