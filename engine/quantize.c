@@ -178,6 +178,9 @@ typedef struct qctx {
 	const quant_plan *plan;
 	const quant_opts *o;
 	calib_stream *st;
+	int stream_until;         /* layers below it pass their output on to a layer
+				   * (or the head) that needs calibration */
+	int reuse_n;              /* layers copied from quant_opts.reuse */
 	quant_report *rep;
 	qs_error *err;
 	/* per layer */
@@ -683,7 +686,7 @@ static int do_layer(qctx *c, int l)
 	float amax[4] = { 0 };
 	for (int s = 0; s < 4; s++)
 		c->act_absmax[s] = static_sites & (1 << s) ? &amax[s] : NULL;
-	if (!rc && c->st) {
+	if (!rc && c->st && (l < c->stream_until || static_sites)) {
 		c->cap_site = -1;
 		rc = run_layer(c, 1);
 		c->rep->calib_gflop += layer_flops(c, -1, 0);
@@ -708,6 +711,77 @@ static int do_layer(qctx *c, int l)
 		 * need not stay resident (memory scales with a layer, not the model) */
 		if (!rc && c->st)
 			model_drop_pages(c->base, &c->base->tensors[c->mt[i] - c->m->tensors]);
+	}
+	return rc;
+}
+
+/* tensor idx of c->m takes reuse's state (quantized matrix, folded norm
+ * or rescaled weights, recorded scales), deep-copied */
+static int copy_tensor(qctx *c, int idx)
+{
+	const model_tensor *rt = &c->o->reuse->tensors[idx], *bt = &c->base->tensors[idx];
+	model_tensor *t = &c->m->tensors[idx];
+	if (rt->q) {
+		kn_qmatrix *q = malloc(sizeof(*q));
+		if (!q || kn_qmatrix_copy(q, rt->q)) {
+			free(q);
+			return qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
+		}
+		if (model_keep_qmatrix(c->m, q, c->err)) /* releases q */
+			return QS_ENOMEM;
+		t->type = bt->type;
+		t->data = bt->data;
+		t->nbytes = bt->nbytes;
+		t->q = q;
+		c->rep->n_quantized++;
+	} else if (rt->data != bt->data) { /* an f32 buffer reuse owns */
+		void *d = malloc(rt->nbytes);
+		if (!d)
+			return qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
+		memcpy(d, rt->data, rt->nbytes);
+		if (model_keep_buffer(c->m, d, c->err)) /* frees d */
+			return QS_ENOMEM;
+		t->type = rt->type;
+		t->data = d;
+		t->nbytes = rt->nbytes;
+		t->q = NULL;
+	}
+	for (int k = 0; k < 2; k++) {
+		const float *v = k ? rt->col_scale : rt->row_scale;
+		if (!v)
+			continue;
+		const size_t n = (size_t)(k ? t->ne[0] : t->ne[1]);
+		float *d = malloc(sizeof(float) * n);
+		if (!d)
+			return qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
+		memcpy(d, v, sizeof(float) * n);
+		if (model_keep_buffer(c->m, d, c->err))
+			return QS_ENOMEM;
+		if (k)
+			t->col_scale = d;
+		else
+			t->row_scale = d;
+	}
+	return 0;
+}
+
+/* layer l as quant_opts.reuse made it; the calibration passes through it */
+static int copy_layer(qctx *c, int l)
+{
+	const model_layer *L = &c->base->layers[l];
+	const model_tensor *ts[] = { L->attn_norm, L->wq, L->wk, L->wv, L->wo, L->bq, L->bk, L->bv,
+				     L->ffn_norm, L->w_gate, L->w_up, L->w_down };
+	int rc = 0;
+	for (size_t i = 0; i < sizeof(ts) / sizeof(ts[0]) && !rc; i++)
+		if (ts[i])
+			rc = copy_tensor(c, (int)(ts[i] - c->base->tensors));
+	/* only if a layer after the copied ones (or the head) needs the stream */
+	if (!rc && c->st && l < c->stream_until && c->stream_until >= c->reuse_n) {
+		fwd_reload(calib_stream_fwd(c->st)); /* the norms may be folded ones */
+		c->layer = l;
+		c->cap_site = -1;
+		rc = run_layer(c, 1);
+		c->rep->calib_gflop += layer_flops(c, -1, 0);
 	}
 	return rc;
 }
@@ -811,8 +885,26 @@ int quant_model(const model *base, const quant_plan *p, const quant_opts *o, mod
 			rc = err && err->code ? err->code : QS_ENOMEM;
 	}
 	const int L = base->cfg.n_layers;
+	/* the calibration stream goes as far as the last layer (or the head)
+	 * with a tensor that needs it */
+	for (int i = 0; i < p->n; i++) {
+		int l = L;
+		if (p->e[i].spec.method == QUANT_NONE || !spec_needs_calib(&p->e[i].spec))
+			continue;
+		if (sscanf(p->e[i].name, "blk.%d.", &l) != 1)
+			l = L;
+		c.stream_until = l > c.stream_until ? l : c.stream_until;
+	}
+	int reuse_n = 0;
+	if (oo.reuse && oo.reuse->base == base && !oo.reuse->actq) {
+		reuse_n = oo.reuse_layers < L ? oo.reuse_layers : L;
+		for (int i = 0; i < p->n; i++)
+			if (p->e[i].spec.act_bits)
+				reuse_n = 0;
+	}
+	c.reuse_n = reuse_n;
 	for (int l = 0; l < L && !rc; l++) {
-		rc = do_layer(&c, l);
+		rc = l < reuse_n ? copy_layer(&c, l) : do_layer(&c, l);
 		if (!rc && oo.progress && oo.progress(oo.user, l + 1, L + 1))
 			rc = qs_err(err, QS_ECANCEL, "quantize: cancelled");
 	}

@@ -70,6 +70,15 @@ typedef struct quant_opts {
 			      * reference searches on all of it) */
 	qs_progress_fn progress; /* (step, steps); nonzero cancels */
 	void *user;
+	/* Reuse (the workbench editing a plan): an earlier quant_model result
+	 * from the same base, calibration tokens, batch and awq_rows, whose plan
+	 * gave every tensor of layers < reuse_layers the same spec as this one.
+	 * Those layers are copied from it instead of quantized again (what
+	 * GPTQ, AWQ and SmoothQuant make of a layer depends only on the layers
+	 * before it); the calibration only runs through them. Ignored when the
+	 * plan simulates activation quantization. */
+	const model *reuse;
+	int reuse_layers;
 } quant_opts;
 
 typedef struct quant_report {

@@ -192,6 +192,40 @@ int kn_qmatrix_alloc(kn_qmatrix *q, const kn_qparams *p, int rows, int cols)
 	return 0;
 }
 
+int kn_qmatrix_copy(kn_qmatrix *dst, const kn_qmatrix *src)
+{
+	kn_qparams p = src->p;
+	if (kn_qmatrix_alloc(dst, &p, src->rows, src->cols))
+		return -1;
+	size_t n_scales;
+	int gs, ng;
+	shape_groups(&dst->p, src->rows, src->cols, &gs, &ng, &n_scales);
+	memcpy(dst->codes, src->codes, (size_t)src->rows * src->code_stride);
+	if (n_scales && src->scale)
+		memcpy(dst->scale, src->scale, sizeof(float) * n_scales);
+	if (dst->zero && src->zero)
+		memcpy(dst->zero, src->zero, sizeof(float) * n_scales);
+	if (src->g_idx) {
+		if (!(dst->g_idx = malloc(sizeof(int32_t) * (size_t)src->cols))) {
+			kn_qmatrix_release(dst);
+			return -1;
+		}
+		memcpy(dst->g_idx, src->g_idx, sizeof(int32_t) * (size_t)src->cols);
+	}
+	if (src->n_out) {
+		dst->out_cols = malloc(sizeof(int32_t) * (size_t)src->n_out);
+		dst->out_vals = malloc(sizeof(uint16_t) * (size_t)src->n_out * (size_t)src->rows);
+		if (!dst->out_cols || !dst->out_vals) {
+			kn_qmatrix_release(dst);
+			return -1;
+		}
+		memcpy(dst->out_cols, src->out_cols, sizeof(int32_t) * (size_t)src->n_out);
+		memcpy(dst->out_vals, src->out_vals, sizeof(uint16_t) * (size_t)src->n_out * (size_t)src->rows);
+		dst->n_out = src->n_out;
+	}
+	return 0;
+}
+
 void kn_qmatrix_release(kn_qmatrix *q)
 {
 	free(q->codes);

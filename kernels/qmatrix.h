@@ -78,6 +78,8 @@ int kn_qparams_check(const kn_qparams *p, int rows, int cols, char *why, size_t 
 /* Allocate storage (codes zeroed, scales 1, zeros 0). Returns 0 or -1. */
 int kn_qmatrix_alloc(kn_qmatrix *q, const kn_qparams *p, int rows, int cols);
 void kn_qmatrix_release(kn_qmatrix *q);
+/* dst (uninitialised) <- a deep copy of src. Returns 0 or -1. */
+int kn_qmatrix_copy(kn_qmatrix *dst, const kn_qmatrix *src);
 /* Keep these columns in FP16 with values taken from w (rows, cols). */
 int kn_qmatrix_set_outliers(kn_qmatrix *q, const int32_t *cols, int n, const float *w);
 

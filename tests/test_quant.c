@@ -556,6 +556,100 @@ static void test_plan_bytes(void **s)
 	assert_non_null(strstr(err.msg, "--include regex 'blk.('"));
 }
 
+/* quant_model with reuse: layers below the first changed one copied from
+ * the earlier model, the rest quantized again, must equal quantizing the
+ * new plan from scratch, tensor for tensor (GPTQ and AWQ in the plan) */
+static model *plan_model_opts(const char *const *rules, int n, const quant_opts *o, quant_report *rep)
+{
+	quant_plan plan = { 0 };
+	qs_error err = { 0 };
+	for (int l = 0; l < base->cfg.n_layers; l++)
+		for (int i = 0; i < n; i++) { /* rules: "KIND SPEC" or "KIND@L SPEC" (from layer L on) */
+			char kind[32], spec[64];
+			int from = 0;
+			if (sscanf(rules[i], "%31[^@ ]@%d %63s", kind, &from, spec) != 3 &&
+			    sscanf(rules[i], "%31s %63s", kind, spec) != 2)
+				fail_msg("bad rule %s", rules[i]);
+			if (l < from)
+				continue;
+			char name[64];
+			quant_spec sp;
+			snprintf(name, sizeof(name), "blk.%d.%s.weight", l, kind);
+			if (quant_plan_find(&plan, name))
+				continue; /* the first rule that matches wins */
+			if (quant_spec_parse(spec, &sp, &err) || quant_plan_add(&plan, name, &sp, &err))
+				fail_msg("%s: %s", rules[i], err.msg);
+		}
+	model *qm = NULL;
+	if (quant_model(base, &plan, o, &qm, rep, &err))
+		fail_msg("%s", err.msg);
+	quant_plan_release(&plan);
+	return qm;
+}
+
+static void assert_same_models(const model *a, const model *b, int want_same)
+{
+	int diff = 0;
+	for (int i = 0; i < a->n_tensors; i++) {
+		const model_tensor *x = &a->tensors[i], *y = &b->tensors[i];
+		if (!!x->q != !!y->q || x->type != y->type) {
+			diff++;
+			continue;
+		}
+		float *fx = model_tensor_f32(x), *fy = model_tensor_f32(y);
+		size_t n = (size_t)x->ne[0] * (size_t)x->ne[1];
+		diff += memcmp(fx, fy, sizeof(float) * n) != 0;
+		diff += !!x->col_scale != !!y->col_scale ||
+			(x->col_scale && memcmp(x->col_scale, y->col_scale, sizeof(float) * (size_t)x->ne[0]));
+		free(fx);
+		free(fy);
+	}
+	if (want_same && diff)
+		fail_msg("%d tensors differ", diff);
+	if (!want_same && !diff)
+		fail_msg("no tensor differs");
+}
+
+static void test_reuse(void **s)
+{
+	(void)s;
+	const int NC = 4, LEN = 64;
+	int *calib = malloc(sizeof(int) * NC * LEN);
+	for (int i = 0; i < NC; i++) {
+		memcpy(calib + i * LEN, ids + 2000 + i * 300, sizeof(int) * LEN);
+		calib[i * LEN] = 1;
+	}
+	const char *a[] = { "ffn_gate awq:int4g128", "ffn_up awq:int4g128", "attn_q gptq:int3g128",
+			    "attn_k gptq:int3g128", "attn_v gptq:int3g128", "attn_output gptq:int3g128",
+			    "ffn_down gptq:int3g128" };
+	const char *b[] = { "ffn_down@5 gptq:int4g64", "ffn_gate awq:int4g128", "ffn_up awq:int4g128",
+			    "attn_q gptq:int3g128", "attn_k gptq:int3g128", "attn_v gptq:int3g128",
+			    "attn_output gptq:int3g128", "ffn_down gptq:int3g128" };
+	quant_opts o = { .calib = calib, .n_calib = NC, .calib_len = LEN, .batch = 4 };
+	quant_report ra, rb, rr;
+	model *qa = plan_model_opts(a, 7, &o, &ra);
+	model *qb = plan_model_opts(b, 8, &o, &rb);
+	quant_opts orr = o;
+	orr.reuse = qa;
+	orr.reuse_layers = 5;
+	model *qr = plan_model_opts(b, 8, &orr, &rr);
+	print_message("reuse below layer 5: gptq %.3f of %.3f GFLOP, %d tensors quantized\n",
+		      rr.gptq_gflop, rb.gptq_gflop, rr.n_quantized);
+	assert_same_models(qb, qr, 1);
+	assert_int_equal(rr.n_quantized, rb.n_quantized);
+	assert_int_equal(model_bytes(qr), model_bytes(qb));
+	assert_true(rr.gptq_gflop < 0.5 * rb.gptq_gflop); /* layers 0-4 were not quantized again */
+	/* claiming more layers than really are the same gives a different model */
+	orr.reuse_layers = 6;
+	model *bad = plan_model_opts(b, 8, &orr, &rr);
+	assert_same_models(qb, bad, 0);
+	model_free(bad);
+	model_free(qr);
+	model_free(qb);
+	model_free(qa);
+	free(calib);
+}
+
 /* The per-layer relative output error from X^T X equals a direct
  * computation of ||(W - Q) X^T|| / ||W X^T|| over the captured inputs. */
 typedef struct xcap {
@@ -690,6 +784,7 @@ int main(void)
 		cmocka_unit_test(test_kld_monotonic),
 		cmocka_unit_test(test_folding_preserves_function),
 		cmocka_unit_test(test_plan_bytes),
+		cmocka_unit_test(test_reuse),
 		cmocka_unit_test(test_layer_errors),
 	};
 	int rc = cmocka_run_group_tests(unit, NULL, NULL);

@@ -697,6 +697,46 @@ static void test_incremental_eval(void **s)
 	free(out);
 }
 
+/* A GPTQ plan edited in its last block: blocks 0-6 are copied from the
+ * previous quantization (not quantized again) and the result equals
+ * `qscope quant` of the final plan from scratch on the same 16 windows. */
+static void test_incremental_gptq(void **s)
+{
+	(void)s;
+	int rc;
+	char *scr = screen_opts("120x40", "/ffn_down<Enter>Ambbbbb<Esc><End>b", "--fresh --chunks 2", &rc);
+	assert_int_equal(rc, 0);
+	char *l = line_of(scr, "blk.7.ffn_down.weight");
+	assert_non_null(l);
+	assert_non_null(strstr(l, "gptq:int4g128"));
+	free(l);
+	const char *e = strstr(scr, "eval 2 chunks: FP ");
+	assert_non_null(e);
+	double now;
+	assert_int_equal(sscanf(e, "eval 2 chunks: FP %*f now %lf", &now), 1);
+	if (!strstr(e, "from blk 7 (incr.)"))
+		fail_msg("not an incremental run from block 7: %.*s", (int)strcspn(e, "\n"), e);
+	free(scr);
+	char recipe[600], body[2048];
+	snprintf(recipe, sizeof(recipe), "%s", tu_tmppath("ffn-down.json"));
+	int n = snprintf(body, sizeof(body), "{\"qscope_recipe\": 1, \"tensors\": [");
+	for (int b = 0; b < 8; b++)
+		n += snprintf(body + n, sizeof(body) - (size_t)n, "%s{\"name\": \"blk.%d.ffn_down.weight\", \"spec\": \"%s\"}",
+			      b ? ", " : "", b, b < 7 ? "gptq:int3g128" : "gptq:int4g128");
+	snprintf(body + n, sizeof(body) - (size_t)n, "]}");
+	assert_int_equal(tu_write_file(recipe, body, strlen(body)), 0);
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --recipe %s --samples 16 --chunks 2 --json", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"), recipe);
+	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
+	const char *p = strstr(out, "\"ppl\": ");
+	assert_non_null(p);
+	double q = strtod(p + 7, NULL);
+	print_message("workbench (blocks 0-6 reused) %.2f, quant from scratch %.4f\n", now, q);
+	assert_true(fabs(now - q) < 0.006);
+	free(out);
+}
+
 /* a real terminal: tmux runs the workbench, sends keys, reads the pane;
  * the evaluation runs on its own thread there */
 /* shell text that waits (at most `secs`) until the pane shows `pattern`
@@ -805,6 +845,7 @@ int main(void)
 		cmocka_unit_test(test_mouse),
 		cmocka_unit_test(test_output_error),
 		cmocka_unit_test(test_incremental_eval),
+		cmocka_unit_test(test_incremental_gptq),
 		cmocka_unit_test(test_live_eval),
 		cmocka_unit_test(test_tmux),
 	};

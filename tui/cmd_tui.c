@@ -113,6 +113,7 @@ typedef struct evaluator {
 	quant_plan last;
 	int have_last;
 	wb_eval last_res;
+	model *last_qm;        /* the model last_res was measured on */
 	quant_xtx *xtx;        /* from the calibrator: output errors */
 } evaluator;
 
@@ -155,10 +156,14 @@ static void ev_run(void *arg)
 	e->rc = ev_prepare(e, &err);
 	if (!e->rc) {
 		wb_eval_in in = { .ec = e->ec, .last = e->have_last ? &e->last : NULL,
-				  .last_res = e->have_last ? &e->last_res : NULL, .xtx = e->xtx,
+				  .last_res = e->have_last ? &e->last_res : NULL,
+				  .last_qm = e->have_last ? e->last_qm : NULL, .xtx = e->xtx,
 				  .calib = e->calib, .n_calib = t_calib_n, .calib_len = 512,
 				  .cancel = ev_cancel, .cancel_user = e };
-		e->rc = wb_evaluate(e->m, &e->plan, &in, &e->res, &err);
+		model *qm = NULL;
+		e->rc = wb_evaluate(e->m, &e->plan, &in, &e->res, &qm, &err);
+		model_free(e->last_qm);
+		e->last_qm = qm;
 	}
 	/* remember what the cache now holds (a failed run forgot it) */
 	quant_plan_release(&e->last);
@@ -178,6 +183,10 @@ static void ev_run(void *arg)
 			quant_plan_release(&e->last);
 			wb_eval_release(&e->last_res);
 		}
+	}
+	if (!e->have_last) {
+		model_free(e->last_qm);
+		e->last_qm = NULL;
 	}
 	snprintf(e->err, sizeof(e->err), "%s", e->rc ? err.msg : "");
 }
@@ -417,6 +426,7 @@ static void ev_release(evaluator *e)
 	quant_plan_release(&e->last);
 	wb_eval_release(&e->res);
 	wb_eval_release(&e->last_res);
+	model_free(e->last_qm);
 	quant_xtx_free(e->xtx);
 }
 

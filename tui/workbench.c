@@ -486,9 +486,11 @@ static void tensor_eval(const model_tensor *b, const model *qm, const quant_xtx 
 }
 
 int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_eval *out,
-		qs_error *err)
+		model **qm_out, qs_error *err)
 {
 	memset(out, 0, sizeof(*out));
+	if (qm_out)
+		*qm_out = NULL;
 	const eval_ppl_result *b = eval_cache_base(in->ec);
 	out->base_ppl = b->ppl;
 	out->chunks = eval_cache_chunks(in->ec);
@@ -503,6 +505,11 @@ int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_ev
 		return qs_err(err, QS_ENOMEM, "out of memory");
 	quant_opts qo = { .calib = in->calib, .n_calib = in->n_calib, .calib_len = in->calib_len,
 			  .progress = in->cancel, .user = in->cancel_user };
+	if (in->last_qm && in->last) { /* the layers before the first change come out the same */
+		const int d = wb_plan_diff(m, p, in->last), L = m->cfg.n_layers;
+		qo.reuse = in->last_qm;
+		qo.reuse_layers = d < 0 ? 0 : d > L ? L : d;
+	}
 	model *qm = NULL;
 	struct timespec t0, t1;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -569,7 +576,10 @@ int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_ev
 	} else {
 		wb_eval_release(out);
 	}
-	model_free(qm);
+	if (!rc && qm_out)
+		*qm_out = qm;
+	else
+		model_free(qm);
 	return rc;
 }
 

@@ -79,6 +79,8 @@ typedef struct wb_eval_in {
 	eval_cache *ec;          /* the quick set (eval_cache_keep: incremental runs) */
 	const quant_plan *last;  /* the plan the cache's last kept run evaluated */
 	const wb_eval *last_res; /* and its per-tensor results (reused if unchanged) */
+	const model *last_qm;    /* and the model it built: layers before the first
+				  * change are copied, not quantized again */
 	const quant_xtx *xtx;    /* second moments of the inputs: output errors */
 	const int *calib;        /* (n_calib, calib_len) for GPTQ, AWQ, ... plans */
 	int n_calib, calib_len;
@@ -88,9 +90,11 @@ typedef struct wb_eval_in {
 
 /* Quantize m with p and evaluate it against m: from the first layer that
  * differs from in->last when the cache kept that plan's run, else from the
- * first quantized layer. out is released by the caller (wb_eval_release). */
+ * first quantized layer. out is released by the caller (wb_eval_release).
+ * qm_out (may be NULL) gets the quantized model (caller frees; NULL for an
+ * empty plan), for in->last_qm next time. */
 int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_eval *out,
-		qs_error *err);
+		model **qm_out, qs_error *err);
 /* The first layer where two plans differ: -1 for token_embd, n_layers for
  * the output head alone, n_layers + 1 when they are the same. */
 int wb_plan_diff(const model *m, const quant_plan *a, const quant_plan *b);
