@@ -136,16 +136,24 @@ int quant_plan_uniform(const model *m, const quant_spec *s, const char *include,
 	return rc;
 }
 
-static int spec_needs_calib(const quant_spec *s)
+int quant_spec_needs_calib(const quant_spec *s)
 {
-	return s->method == QUANT_GPTQ || s->method == QUANT_AWQ || s->method == QUANT_SMOOTHQUANT ||
-	       s->outlier_thresh > 0 || (s->act_bits && !s->act_per_token);
+	return s->method != QUANT_NONE && (s->method == QUANT_GPTQ || s->method == QUANT_AWQ || s->method == QUANT_SMOOTHQUANT ||
+	       s->outlier_thresh > 0 || (s->act_bits && !s->act_per_token));
+}
+
+int quant_tensor_layer(const model *m, const char *name)
+{
+	int l;
+	if (sscanf(name, "blk.%d.", &l) == 1)
+		return l;
+	return strncmp(name, "token_embd", 10) ? m->cfg.n_layers : -1;
 }
 
 int quant_plan_needs_calib(const quant_plan *p)
 {
 	for (int i = 0; i < p->n; i++)
-		if (p->e[i].spec.method != QUANT_NONE && spec_needs_calib(&p->e[i].spec))
+		if (quant_spec_needs_calib(&p->e[i].spec))
 			return 1;
 	return 0;
 }
@@ -888,12 +896,9 @@ int quant_model(const model *base, const quant_plan *p, const quant_opts *o, mod
 	/* the calibration stream goes as far as the last layer (or the head)
 	 * with a tensor that needs it */
 	for (int i = 0; i < p->n; i++) {
-		int l = L;
-		if (p->e[i].spec.method == QUANT_NONE || !spec_needs_calib(&p->e[i].spec))
-			continue;
-		if (sscanf(p->e[i].name, "blk.%d.", &l) != 1)
-			l = L;
-		c.stream_until = l > c.stream_until ? l : c.stream_until;
+		const int l = quant_tensor_layer(base, p->e[i].name);
+		if (quant_spec_needs_calib(&p->e[i].spec) && l > c.stream_until)
+			c.stream_until = l;
 	}
 	int reuse_n = 0;
 	if (oo.reuse && oo.reuse->base == base && !oo.reuse->actq) {
@@ -935,35 +940,36 @@ typedef struct lerr_ctx {
 	qs_error *err;
 } lerr_ctx;
 
-/* sqrt(tr(dW H dW^T) / tr(W H W^T)) for base tensor b and its quantized twin
- * t (mapped back through any AWQ / SmoothQuant scales), H (cols x cols) the
- * second moment of b's input; NaN when out of memory or W H W^T is 0. */
+/* sqrt(tr(dW H dW^T) / tr(W H W^T)) with dW = W - Q, W and Q (R x C,
+ * Q overwritten with dW); NaN when out of memory or W H W^T is 0 */
+static double rel_err_f32(const float *W, float *Q, int R, int C, const float *H)
+{
+	float *M = malloc(sizeof(float) * (size_t)R * C);
+	if (!M)
+		return NAN;
+	double den = 0, num = 0;
+	/* M = W H; den = sum(M .* W) */
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, W, C, H, C, 0.0f, M, C);
+	for (size_t i = 0; i < (size_t)R * C; i++)
+		den += (double)M[i] * W[i];
+	for (size_t i = 0; i < (size_t)R * C; i++)
+		Q[i] = W[i] - Q[i];
+	cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, Q, C, H, C, 0.0f, M, C);
+	for (size_t i = 0; i < (size_t)R * C; i++)
+		num += (double)M[i] * Q[i];
+	free(M);
+	return den > 0 && num >= 0 ? sqrt(num / den) : NAN;
+}
+
+/* the same for base tensor b and its quantized twin t (mapped back through
+ * any AWQ / SmoothQuant scales), H the second moment of b's input */
 static double rel_err_h(const model_tensor *b, const model_tensor *t, const float *H)
 {
-	int R = (int)b->ne[1], C = (int)b->ne[0];
 	float *W = model_tensor_f32(b), *Q = model_tensor_f32_orig(t);
-	float *M = malloc(sizeof(float) * (size_t)R * C);
-	double num = NAN;
-	if (W && Q && M) {
-		double den = 0;
-		num = 0;
-		/* M = W H; den = sum(M .* W) */
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, W, C, H, C, 0.0f,
-			    M, C);
-		for (size_t i = 0; i < (size_t)R * C; i++)
-			den += (double)M[i] * W[i];
-		for (size_t i = 0; i < (size_t)R * C; i++)
-			Q[i] = W[i] - Q[i];
-		cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, C, C, 1.0f, Q, C, H, C, 0.0f,
-			    M, C);
-		for (size_t i = 0; i < (size_t)R * C; i++)
-			num += (double)M[i] * Q[i];
-		num = den > 0 && num >= 0 ? sqrt(num / den) : NAN;
-	}
+	double e = W && Q ? rel_err_f32(W, Q, (int)b->ne[1], (int)b->ne[0], H) : NAN;
 	free(W);
 	free(Q);
-	free(M);
-	return num;
+	return e;
 }
 
 /* The base tensors reading a site's input (up to 3; the rest NULL). */
@@ -1104,6 +1110,23 @@ int quant_xtx_collect(const model *base, const int *calib, int n_calib, int cali
 	return 0;
 }
 
+/* X^T X of the input of base tensor bt, or NULL */
+static const float *xtx_of(const quant_xtx *x, const model_tensor *bt)
+{
+	const model *b = x->base;
+	if (bt == b->output)
+		return x->head;
+	for (int l = 0; l < x->n_layers; l++)
+		for (int s = 0; s < 4; s++) {
+			const model_tensor *st[3];
+			site_tensors(b, l, s, st);
+			for (int i = 0; i < 3; i++)
+				if (st[i] == bt)
+					return x->h[l][s];
+		}
+	return NULL;
+}
+
 double quant_xtx_rel_err(const quant_xtx *x, const model *qm, const char *name)
 {
 	if (!x || !qm || qm->base != x->base)
@@ -1111,19 +1134,16 @@ double quant_xtx_rel_err(const quant_xtx *x, const model *qm, const char *name)
 	const model_tensor *qt = model_find(qm, name);
 	if (!qt || !qt->q)
 		return NAN;
-	const model *b = x->base;
-	const model_tensor *bt = &b->tensors[qt - qm->tensors];
-	if (bt == b->output)
-		return x->head ? rel_err_h(bt, qt, x->head) : NAN;
-	for (int l = 0; l < x->n_layers; l++)
-		for (int s = 0; s < 4; s++) {
-			const model_tensor *st[3];
-			site_tensors(b, l, s, st);
-			for (int i = 0; i < 3; i++)
-				if (st[i] == bt)
-					return x->h[l][s] ? rel_err_h(bt, qt, x->h[l][s]) : NAN;
-		}
-	return NAN;
+	const model_tensor *bt = &x->base->tensors[qt - qm->tensors];
+	const float *H = xtx_of(x, bt);
+	return H ? rel_err_h(bt, qt, H) : NAN;
+}
+
+double quant_xtx_rel_err_f32(const quant_xtx *x, const char *name, const float *W, float *Q)
+{
+	const model_tensor *bt = x ? model_find(x->base, name) : NULL;
+	const float *H = bt ? xtx_of(x, bt) : NULL;
+	return H ? rel_err_f32(W, Q, (int)bt->ne[1], (int)bt->ne[0], H) : NAN;
 }
 
 int quant_layer_errors(const model *base, const model *qm, const int *calib, int n_calib,

@@ -33,9 +33,13 @@ int quant_plan_uniform(const model *m, const quant_spec *s, const char *include,
 int quant_plan_add(quant_plan *p, const char *name, const quant_spec *s, qs_error *err);
 void quant_plan_release(quant_plan *p);
 const quant_spec *quant_plan_find(const quant_plan *p, const char *name);
-/* Does the plan need calibration data (GPTQ, AWQ, SmoothQuant, outliers,
- * static activation scales)? */
+/* Does the plan (one spec) need calibration data (GPTQ, AWQ, SmoothQuant,
+ * outliers, static activation scales)? */
 int quant_plan_needs_calib(const quant_plan *p);
+int quant_spec_needs_calib(const quant_spec *s);
+/* Where a tensor acts in the model's order: its block, -1 for token_embd,
+ * n_layers for the output head (and anything outside the blocks). */
+int quant_tensor_layer(const model *m, const char *name);
 /* Exact bytes of the model's tensors under the plan, without quantizing. */
 size_t quant_plan_bytes(const model *m, const quant_plan *p, size_t *params);
 
@@ -124,6 +128,10 @@ int quant_xtx_collect(const model *base, const int *calib, int n_calib, int cali
  * the store was collected on; AWQ / SmoothQuant scales are undone), NaN if
  * it is not quantized in qm or has no site. Two sgemms of rows x cols x cols. */
 double quant_xtx_rel_err(const quant_xtx *x, const model *qm, const char *name);
+/* The same from weights the caller already has in f32: W the original, Q
+ * the quantized matrix mapped back (model_tensor_f32_orig); Q is
+ * overwritten with W - Q. NaN if name has no site. */
+double quant_xtx_rel_err_f32(const quant_xtx *x, const char *name, const float *W, float *Q);
 void quant_xtx_free(quant_xtx *x);
 
 #endif

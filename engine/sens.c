@@ -132,14 +132,6 @@ typedef struct scan {
 	qs_error *err;
 } scan;
 
-static int tensor_layer(const model *m, const char *name)
-{
-	int l;
-	if (sscanf(name, "blk.%d.", &l) == 1)
-		return l;
-	return strcmp(name, "token_embd.weight") ? m->cfg.n_layers : -1;
-}
-
 static int site_of_kind(const char *kind)
 {
 	if (!strcmp(kind, "attn_q") || !strcmp(kind, "attn_k") || !strcmp(kind, "attn_v"))
@@ -304,7 +296,7 @@ int sens_scan(const model *base, const int *tokens, size_t n_tokens, const sens_
 		goto out;
 	}
 	for (int i = 0; i < s.list.n; i++)
-		s.layer_of[i] = tensor_layer(base, s.list.e[i].name);
+		s.layer_of[i] = quant_tensor_layer(base, s.list.e[i].name);
 	s.total = (long)out->n;
 	if (!(s.m = model_derive(base, err))) {
 		rc = err ? err->code : QS_ENOMEM;

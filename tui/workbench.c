@@ -396,15 +396,6 @@ void wb_request_eval(wb *w)
 	w->dirty = 1;
 }
 
-/* -1 token_embd, the block, or n_layers for the output head */
-static int first_layer(const model *m, const char *name)
-{
-	int l;
-	if (sscanf(name, "blk.%d.", &l) == 1)
-		return l;
-	return strncmp(name, "token_embd", 10) ? m->cfg.n_layers : -1;
-}
-
 static void spec_of(const quant_plan *p, const char *name, char *buf, size_t cap)
 {
 	const quant_spec *s = p ? quant_plan_find(p, name) : NULL;
@@ -423,7 +414,7 @@ int wb_plan_diff(const model *m, const quant_plan *a, const quant_plan *b)
 			char sa[128], sb[128];
 			spec_of(a, p->e[i].name, sa, sizeof(sa));
 			spec_of(b, p->e[i].name, sb, sizeof(sb));
-			int l = first_layer(m, p->e[i].name);
+			int l = quant_tensor_layer(m, p->e[i].name);
 			if (strcmp(sa, sb) && l < from)
 				from = l;
 		}
@@ -436,13 +427,9 @@ int wb_plan_diff(const model *m, const quant_plan *a, const quant_plan *b)
  * rescale their neighbours in the layer before those are quantized. */
 static int layer_uses_calib(const model *m, const quant_plan *p, int l)
 {
-	for (int i = 0; p && i < p->n; i++) {
-		if (first_layer(m, p->e[i].name) != l)
-			continue;
-		quant_plan one = { (quant_plan_entry *)&p->e[i], 1 };
-		if (quant_plan_needs_calib(&one))
+	for (int i = 0; p && i < p->n; i++)
+		if (quant_tensor_layer(m, p->e[i].name) == l && quant_spec_needs_calib(&p->e[i].spec))
 			return 1;
-	}
 	return 0;
 }
 
@@ -478,11 +465,11 @@ static void tensor_eval(const model_tensor *b, const model *qm, const quant_xtx 
 		te->zero_frac = nz ? (double)to0 / (double)nz : 0;
 		double mean = se / (double)n, var = num / (double)n - mean * mean;
 		te->e_std = var > 0 ? sqrt(var) : 0;
+		if (xtx) /* from the same arrays: wq becomes W - Q here */
+			te->oerr = quant_xtx_rel_err_f32(xtx, b->name, wa, wq);
 	}
 	free(wa);
 	free(wq);
-	if (xtx)
-		te->oerr = quant_xtx_rel_err(xtx, qm, b->name);
 }
 
 int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_eval *out,
@@ -522,7 +509,7 @@ int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_ev
 	 * model's states, or the first change against the last plan's */
 	int from = m->cfg.n_layers;
 	for (int i = 0; i < p->n; i++) {
-		int l = first_layer(m, p->e[i].name);
+		int l = quant_tensor_layer(m, p->e[i].name);
 		from = l < from ? l : from;
 		const model_tensor *t = model_find(qm, p->e[i].name);
 		out->bytes += model_tensor_bytes(t);
@@ -549,7 +536,7 @@ int wb_evaluate(const model *m, const quant_plan *p, const wb_eval_in *in, wb_ev
 			if (!strcmp(in->last_res->t[k].name, te->name) &&
 			    !strcmp(in->last_res->t[k].spec, te->spec))
 				old = &in->last_res->t[k];
-		const int l = first_layer(m, te->name);
+		const int l = quant_tensor_layer(m, te->name);
 		if (old && (l < first_change || (!layer_uses_calib(m, p, l) &&
 						 !layer_uses_calib(m, in->last, l))) &&
 		    (!in->xtx || !isnan(old->oerr))) {
