@@ -657,18 +657,6 @@ typedef struct xcap {
 	int rows, cols;
 } xcap;
 
-static int grab_l0_qkv(void *user, int layer, int site, const float *x, int rows, int cols)
-{
-	xcap *c = user;
-	if (layer == 0 && site == FWD_SITE_QKV) {
-		c->x = malloc(sizeof(float) * (size_t)rows * cols);
-		memcpy(c->x, x, sizeof(float) * (size_t)rows * cols);
-		c->rows = rows;
-		c->cols = cols;
-	}
-	return 0;
-}
-
 /* ||W X^T - Q Xq^T|| / ||W X^T|| over captured rows: X the base model's
  * input of the tensor, Xq the quantized model's own input (equal to X for
  * plain quantizers; X / s where AWQ folded 1/s into the norm), Q the matrix
@@ -698,12 +686,8 @@ static double direct_err(const model_tensor *bt, const model_tensor *qt, const x
 
 static xcap capture_l0_qkv(const model *m, const int *calib, int nc, int len)
 {
-	qs_error err = { 0 };
 	xcap c = { 0 };
-	fwd_ctx *f = fwd_new(m, nc, len, &err);
-	fwd_set_capture(f, grab_l0_qkv, &c);
-	assert_int_equal(fwd_prefill(f, calib, nc, len, len - 1, NULL, &err), 0);
-	fwd_free(f);
+	c.x = tu_capture_site(m, calib, nc, len, 0, FWD_SITE_QKV, &c.rows, &c.cols);
 	assert_non_null(c.x);
 	return c;
 }

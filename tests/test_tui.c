@@ -71,6 +71,27 @@ static char *line_of(const char *scr, const char *name)
 	return strndup(b, e ? (size_t)(e - b) : strlen(b));
 }
 
+/* the output of `qscope quant -m MODEL ARGS --json` (malloc'd) */
+static char *quant_out(const char *args)
+{
+	char cmd[2048], *out = NULL;
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s %s --json", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"), args);
+	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
+	return out;
+}
+
+/* the number after "key": in a JSON text */
+static double json_num(const char *json, const char *key)
+{
+	char want[64];
+	snprintf(want, sizeof(want), "\"%s\": ", key);
+	const char *p = strstr(json, want);
+	if (!p)
+		fail_msg("no %s in:\n%s", key, json);
+	return strtod(p + strlen(want), NULL);
+}
+
 static void test_table(void **s)
 {
 	(void)s;
@@ -300,18 +321,11 @@ static void test_full_eval(void **s)
 	assert_int_equal(sscanf(h, "  1 3 %lf %lf %lf %lf", &bpw, &ppl, &base, &kld), 4);
 	assert_non_null(strstr(h, "8 x q4_0"));
 	free(scr);
-	char cmd[2048], *out = NULL;
-	snprintf(cmd, sizeof(cmd), "%s quant -m %s --spec q4_0 --include ffn_down --chunks 3 --kld --json",
-		 bin, tu_shared("models/debdoc-19m-f16.gguf"));
-	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
-	const char *p;
-	assert_non_null(p = strstr(out, "\"ppl\": "));
-	double qppl = strtod(p + 7, NULL);
-	assert_non_null(p = strstr(out, "\"kld_mean\": "));
-	double qkld = strtod(p + 12, NULL);
+	char *out = quant_out("--spec q4_0 --include ffn_down --chunks 3 --kld");
+	double qppl = json_num(out, "ppl"), qkld = json_num(out, "kld_mean");
+	free(out);
 	assert_true(fabs(ppl - qppl) < 6e-4 && fabs(kld - qkld) < 6e-6);
 	assert_true(fabs(bpw - 4.5) < 1e-9);
-	free(out);
 }
 
 /* Chat: the original column is what `qscope generate` samples with the same
@@ -518,23 +532,13 @@ static void test_live_eval(void **s)
 	double fp, now, kld;
 	assert_int_equal(sscanf(e, "eval 4 chunks: FP %lf now %lf (%*f) KLD %lf", &fp, &now, &kld), 3);
 	free(scr);
-	char cmd[2048], *out = NULL;
-	snprintf(cmd, sizeof(cmd), "%s quant -m %s --spec q4_0 --include ffn_down --chunks 4 --kld --json",
-		 bin, tu_shared("models/debdoc-19m-f16.gguf"));
-	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
-	double qfp, qnow, qkld;
-	const char *p;
-	assert_non_null(p = strstr(out, "\"ppl_base\": "));
-	qfp = strtod(p + 12, NULL);
-	assert_non_null(p = strstr(out, "\"ppl\": "));
-	qnow = strtod(p + 7, NULL);
-	assert_non_null(p = strstr(out, "\"kld_mean\": "));
-	qkld = strtod(p + 12, NULL);
+	char *out = quant_out("--spec q4_0 --include ffn_down --chunks 4 --kld");
+	double qfp = json_num(out, "ppl_base"), qnow = json_num(out, "ppl"), qkld = json_num(out, "kld_mean");
+	free(out);
 	print_message("workbench: FP %.2f now %.2f KLD %.4f; quant: %.4f %.4f %.5f\n", fp, now, kld,
 		      qfp, qnow, qkld);
 	assert_true(fabs(fp - qfp) < 0.006 && fabs(now - qnow) < 0.006 && fabs(kld - qkld) < 6e-5);
 	assert_true(now != fp);
-	free(out);
 }
 
 /* The mouse, through the key script's <Click:ROW> and wheel names (the
@@ -571,23 +575,6 @@ static void test_mouse(void **s)
  * the quick evaluation's 16 calibration windows (seed 0, BOS first),
  * captured from a forward pass here; Q from ggml's Q4_0 definition; the
  * largest |W - Q| and the share of weights rounded to 0 from the same Q. */
-typedef struct xcap {
-	float *x;
-	int rows, cols;
-} xcap;
-
-static int grab_l0_qkv(void *user, int layer, int site, const float *x, int rows, int cols)
-{
-	xcap *c = user;
-	if (layer == 0 && site == FWD_SITE_QKV) {
-		c->x = realloc(c->x, sizeof(float) * (size_t)(c->rows + rows) * cols);
-		memcpy(c->x + (size_t)c->rows * cols, x, sizeof(float) * (size_t)rows * cols);
-		c->rows += rows;
-		c->cols = cols;
-	}
-	return 0;
-}
-
 static void test_output_error(void **s)
 {
 	(void)s;
@@ -606,13 +593,13 @@ static void test_output_error(void **s)
 	qs_error err = { 0 };
 	assert_int_equal(calib_sample_text(m, text, len, &o, &toks, NULL, &err), 0);
 	free(text);
-	xcap c = { 0 };
-	fwd_ctx *f = fwd_new(m, 4, 512, &err);
-	fwd_set_capture(f, grab_l0_qkv, &c);
-	for (int k = 0; k < 16; k += 4)
-		assert_int_equal(fwd_prefill(f, toks + (size_t)k * 512, 4, 512, 511, NULL, &err), 0);
-	fwd_free(f);
+	struct {
+		float *x;
+		int rows, cols;
+	} c = { 0 };
+	c.x = tu_capture_site(m, toks, 16, 512, 0, FWD_SITE_QKV, &c.rows, &c.cols);
 	free(toks);
+	assert_non_null(c.x);
 	assert_int_equal(c.rows, 16 * 512);
 	float *w = malloc(sizeof(float) * R * C), *q = q4_0_ref(t), *d = malloc(sizeof(float) * R * C);
 	double mx = 0;
@@ -664,51 +651,18 @@ static void test_output_error(void **s)
 	free(scr);
 }
 
-/* With every block linear quantized, changing the last one re-runs only
- * the last block, from the previous plan's states ("from blk 7 (incr.)"),
- * and gives what `qscope quant` computes for the final plan from scratch. */
-static void test_incremental_eval(void **s)
+/* After the key script, blk.7.ffn_down shows `row_has`, the status line
+ * says the run started at block 7 from the previous plan's states, and
+ * the perplexity is what `qscope quant QUANT_ARGS` gets from scratch. */
+static void check_incremental(const char *keys, const char *row_has, const char *quant_args)
 {
-	(void)s;
 	int rc;
-	char *scr = screen_opts("120x40", "/blk<Enter>Af<Esc><End>x", "--fresh --chunks 2", &rc);
+	char *scr = screen_opts("120x40", keys, "--fresh --chunks 2", &rc);
 	assert_int_equal(rc, 0);
 	char *l = line_of(scr, "blk.7.ffn_down.weight");
 	assert_non_null(l);
-	assert_non_null(strstr(l, "(stored)"));
-	free(l);
-	const char *e = strstr(scr, "eval 2 chunks: FP ");
-	assert_non_null(e);
-	double fp, now;
-	assert_int_equal(sscanf(e, "eval 2 chunks: FP %lf now %lf", &fp, &now), 2);
-	if (!strstr(e, "from blk 7 (incr.)"))
-		fail_msg("not an incremental run from block 7: %.*s", (int)strcspn(e, "\n"), e);
-	free(scr);
-	char cmd[2048], *out = NULL;
-	snprintf(cmd, sizeof(cmd),
-		 "%s quant -m %s --spec q4_0 --include '^blk' --exclude 'blk\\.7\\.ffn_down' --chunks 2 --json",
-		 bin, tu_shared("models/debdoc-19m-f16.gguf"));
-	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
-	const char *p = strstr(out, "\"ppl\": ");
-	assert_non_null(p);
-	double q = strtod(p + 7, NULL);
-	print_message("workbench (incremental) %.2f, quant from scratch %.4f\n", now, q);
-	assert_true(fabs(now - q) < 0.006);
-	free(out);
-}
-
-/* A GPTQ plan edited in its last block: blocks 0-6 are copied from the
- * previous quantization (not quantized again) and the result equals
- * `qscope quant` of the final plan from scratch on the same 16 windows. */
-static void test_incremental_gptq(void **s)
-{
-	(void)s;
-	int rc;
-	char *scr = screen_opts("120x40", "/ffn_down<Enter>Ambbbbb<Esc><End>b", "--fresh --chunks 2", &rc);
-	assert_int_equal(rc, 0);
-	char *l = line_of(scr, "blk.7.ffn_down.weight");
-	assert_non_null(l);
-	assert_non_null(strstr(l, "gptq:int4g128"));
+	if (!strstr(l, row_has))
+		fail_msg("'%s' not in: %s", row_has, l);
 	free(l);
 	const char *e = strstr(scr, "eval 2 chunks: FP ");
 	assert_non_null(e);
@@ -717,7 +671,28 @@ static void test_incremental_gptq(void **s)
 	if (!strstr(e, "from blk 7 (incr.)"))
 		fail_msg("not an incremental run from block 7: %.*s", (int)strcspn(e, "\n"), e);
 	free(scr);
-	char recipe[600], body[2048];
+	char *out = quant_out(quant_args);
+	double q = json_num(out, "ppl");
+	free(out);
+	print_message("%s: workbench %.2f, quant from scratch %.4f\n", keys, now, q);
+	assert_true(fabs(now - q) < 0.006);
+}
+
+/* With every block linear quantized, changing the last one re-runs only
+ * the last block. */
+static void test_incremental_eval(void **s)
+{
+	(void)s;
+	check_incremental("/blk<Enter>Af<Esc><End>x", "(stored)",
+			  "--spec q4_0 --include '^blk' --exclude 'blk\\.7\\.ffn_down' --chunks 2");
+}
+
+/* A GPTQ plan edited in its last block: blocks 0-6 are copied from the
+ * previous quantization (not quantized again), on the same 16 windows. */
+static void test_incremental_gptq(void **s)
+{
+	(void)s;
+	char recipe[600], body[2048], args[800];
 	snprintf(recipe, sizeof(recipe), "%s", tu_tmppath("ffn-down.json"));
 	int n = snprintf(body, sizeof(body), "{\"qscope_recipe\": 1, \"tensors\": [");
 	for (int b = 0; b < 8; b++)
@@ -725,16 +700,8 @@ static void test_incremental_gptq(void **s)
 			      b ? ", " : "", b, b < 7 ? "gptq:int3g128" : "gptq:int4g128");
 	snprintf(body + n, sizeof(body) - (size_t)n, "]}");
 	assert_int_equal(tu_write_file(recipe, body, strlen(body)), 0);
-	char cmd[2048], *out = NULL;
-	snprintf(cmd, sizeof(cmd), "%s quant -m %s --recipe %s --samples 16 --chunks 2 --json", bin,
-		 tu_shared("models/debdoc-19m-f16.gguf"), recipe);
-	assert_int_equal(tu_run(cmd, tu_tmppath("q.err"), &out), 0);
-	const char *p = strstr(out, "\"ppl\": ");
-	assert_non_null(p);
-	double q = strtod(p + 7, NULL);
-	print_message("workbench (blocks 0-6 reused) %.2f, quant from scratch %.4f\n", now, q);
-	assert_true(fabs(now - q) < 0.006);
-	free(out);
+	snprintf(args, sizeof(args), "--recipe %s --samples 16 --chunks 2", recipe);
+	check_incremental("/ffn_down<Enter>Ambbbbb<Esc><End>b", "gptq:int4g128", args);
 }
 
 /* a real terminal: tmux runs the workbench, sends keys, reads the pane;

@@ -1,5 +1,8 @@
 #include "testutil.h"
 
+#include "../engine/forward.h"
+#include "../engine/model.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -128,4 +131,51 @@ const char *tu_bin(void)
 {
 	const char *b = getenv("QSCOPE_BIN");
 	return b && *b ? b : "build/qscope";
+}
+
+typedef struct tu_cap {
+	float *x;
+	int rows, cols, layer, site, bad;
+} tu_cap;
+
+static int tu_grab(void *user, int layer, int site, const float *x, int rows, int cols)
+{
+	tu_cap *c = user;
+	if (layer != c->layer || site != c->site)
+		return 0;
+	float *n = realloc(c->x, sizeof(float) * (size_t)(c->rows + rows) * (size_t)cols);
+	if (!n) {
+		c->bad = 1;
+		return 1;
+	}
+	c->x = n;
+	memcpy(c->x + (size_t)c->rows * cols, x, sizeof(float) * (size_t)rows * (size_t)cols);
+	c->rows += rows;
+	c->cols = cols;
+	return 0;
+}
+
+float *tu_capture_site(const struct model *m, const int *tokens, int n_seq, int len, int layer,
+		       int site, int *rows, int *cols)
+{
+	qs_error err = { 0 };
+	tu_cap c = { .layer = layer, .site = site };
+	const int batch = n_seq < 4 ? n_seq : 4;
+	fwd_ctx *f = fwd_new(m, batch, len, &err);
+	if (!f)
+		return NULL;
+	fwd_set_capture(f, tu_grab, &c);
+	for (int k = 0; k < n_seq && !c.bad; k += batch) {
+		int nb = n_seq - k < batch ? n_seq - k : batch;
+		if (fwd_prefill(f, tokens + (size_t)k * len, nb, len, len - 1, NULL, &err))
+			c.bad = 1;
+	}
+	fwd_free(f);
+	if (c.bad || c.rows != n_seq * len) {
+		free(c.x);
+		return NULL;
+	}
+	*rows = c.rows;
+	*cols = c.cols;
+	return c.x;
 }

@@ -25,4 +25,11 @@ const char *tu_bin(void);
  * shrink their workload. */
 int tu_asan(void);
 
+struct model;
+/* The input of `site` (enum fwd_site) of block `layer` for tokens (n_seq x
+ * len), BOS first in each sequence, from m's own forward pass (four
+ * sequences at a time): malloc'd (*rows = n_seq * len, *cols), or NULL. */
+float *tu_capture_site(const struct model *m, const int *tokens, int n_seq, int len, int layer,
+		       int site, int *rows, int *cols);
+
 #endif
