@@ -623,7 +623,7 @@ static const cmd cmds[] = {
 	  "and --calib the calibration text) and compared with the unquantized model.",
 	  ppl_opts },
 	{ "generate", cmd_generate,
-	  "generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [-s SEED] [--json]",
+	  "generate -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [-s SEED] [--template T] [--json]",
 	  "Continue a prompt (prefill with sgemm, then token-by-token decode with a KV cache).",
 	  gen_opts },
 	{ "logits", cmd_logits, "logits -m MODEL -f TEXT -n N -o OUT.f32",
@@ -649,8 +649,11 @@ static const cmd cmds[] = {
 	  "are recomputed). Cached; Lua policies see the results as t.sens.",
 	  sens_opts_table },
 	{ "tui", cmd_tui, "tui [-m MODEL] [--sens FILE] [--recipe FILE]   (also: qscope with no command)",
-	  "The workbench: the layer table (shape, spec, bits per weight, weight kurtosis,\n"
-	  "measured sensitivity), plan editing on a selection with undo, the plan's exact size.\n"
+	  "The workbench: the layer table (shape, spec, bits per weight, weight kurtosis, weight\n"
+	  "and output error, measured sensitivity), plan editing on a selection with undo (keys\n"
+	  "or mouse), the plan's exact size, a live evaluation that reruns only the layers from\n"
+	  "the first change, histograms before and after quantization, Lua policies, and a chat\n"
+	  "with the original and the quantized model (in the model's chat template, if any).\n"
 	  "Keys: ? in the workbench. Headless for scripts and tests: QSCOPE_HEADLESS=80x24\n"
 	  "with --keys SCRIPT prints the final screen.",
 	  tui_opts_table },
@@ -660,7 +663,7 @@ static const cmd cmds[] = {
 	  "back, a Lua budget policy, then chat side by side. Tab steps, P plays/pauses, every\n"
 	  "workbench key works in between; headless (QSCOPE_HEADLESS=WxH) prints each step.",
 	  tui_opts_table },
-	{ "shell", cmd_shell, "shell [-m MODEL] [--script FILE]",
+	{ "shell", cmd_shell, "shell [-m MODEL] [--script FILE] [--template T]",
 	  "A readline REPL with the workbench's operations as commands: load, calib, stats,\n"
 	  "plan, policy, sens, quant, ppl, kld, chat, save, help. Tab completes commands,\n"
 	  "history is kept in the XDG state folder; --script FILE (or a pipe) runs a batch.",
