@@ -196,6 +196,26 @@ int cli_sample_calib_file(const model *m, const char *file, const calib_opts *o,
 	return rc;
 }
 
+int cli_collect_calib_file(const model *m, const char *file, const calib_opts *o,
+			   qs_progress_fn progress, void *puser, calib_set **out,
+			   calib_cache_info *info, qs_error *err)
+{
+	char *text = NULL, dir[1024];
+	size_t len;
+	const char *cf = file ? file : cli_default_calib();
+	if (cli_read_text(cf, &text, &len))
+		return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
+	int rc = calib_collect(m, text, len, o, calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir,
+			       progress, puser, out, info, err);
+	free(text);
+	if (rc && rc != QS_ECANCEL && strncmp(err->msg, cf, strlen(cf)) != 0) {
+		char msg[sizeof(err->msg)];
+		snprintf(msg, sizeof(msg), "%s", err->msg);
+		qs_err(err, rc, "%s: %.400s", cf, msg);
+	}
+	return rc;
+}
+
 int cli_sample_calib(const model *m, int n_samples, int **out, qs_error *err)
 {
 	calib_opts o;

@@ -51,6 +51,13 @@ int cli_sample_calib(const model *m, int n_samples, int **out, qs_error *err);
 struct calib_opts;
 int cli_sample_calib_file(const model *m, const char *file, const struct calib_opts *o, int **out,
 			 qs_error *err);
+/* calib_collect on file (NULL: the default text) with the on-disk cache
+ * when its directory is usable; errors name the file. */
+struct calib_set;
+struct calib_cache_info;
+int cli_collect_calib_file(const model *m, const char *file, const struct calib_opts *o,
+			   qs_progress_fn progress, void *puser, struct calib_set **out,
+			   struct calib_cache_info *info, qs_error *err);
 /* $QSCOPE_SHARED/data/FILE (../shared/data/FILE if unset) into buf. */
 const char *cli_shared_data(const char *file, char *buf, size_t cap);
 /* Set threads, open co->model (default DEFAULT_MODEL); prints errors. */

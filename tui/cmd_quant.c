@@ -163,22 +163,14 @@ static int host_calib(void *user, const calib_set **out, qs_error *err)
 {
 	host *h = user;
 	if (!h->calib) {
-		const char *cf = co.file ? co.file : cli_default_calib();
-		char *text = NULL, dir[1024];
-		size_t len;
 		calib_opts o;
 		calib_opts_default(&o);
 		o.n_samples = q_samples;
 		o.seq_len = q_seq;
 		o.seed = (uint64_t)q_seed;
 		o.raw_windows = q_bos;
-		if (cli_read_text(cf, &text, &len))
-			return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
 		calib_cache_info info;
-		int rc = calib_collect(h->m, text, len, &o,
-				       calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir, NULL, NULL,
-				       &h->calib, &info, err);
-		free(text);
+		int rc = cli_collect_calib_file(h->m, co.file, &o, NULL, NULL, &h->calib, &info, err);
 		if (rc)
 			return rc;
 		if (info.warning[0])

@@ -356,20 +356,10 @@ static void cal_run(void *arg)
 {
 	calibrator *k = arg;
 	qs_error err = { 0 };
-	char *text = NULL, dir[1024];
-	size_t len;
-	const char *cf = cli_default_calib();
 	calib_opts o;
 	calib_opts_default(&o);
 	o.n_samples = t_stats_n;
-	if (cli_read_text(cf, &text, &len)) {
-		k->rc = QS_EIO;
-		snprintf(k->err, sizeof(k->err), "%s: cannot read the calibration text", cf);
-		return;
-	}
-	k->rc = calib_collect(k->m, text, len, &o, calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir,
-			      cal_cancel, k, &k->set, NULL, &err);
-	free(text);
+	k->rc = cli_collect_calib_file(k->m, NULL, &o, cal_cancel, k, &k->set, NULL, &err);
 	snprintf(k->err, sizeof(k->err), "%s", k->rc ? err.msg : "");
 	/* second moments of every input on the quick evaluation's calibration
 	 * windows: the o.err column. Not having them is not an error. */

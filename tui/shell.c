@@ -126,11 +126,7 @@ static int c_calib(repl *r, int argc, char **argv)
 		fprintf(stderr, "calib: samples must be a positive integer\n");
 		return 1;
 	}
-	char *text = NULL, dir[1024];
-	size_t len;
 	const char *cf = cli_default_calib();
-	if (cli_read_text(cf, &text, &len))
-		return 1;
 	calib_opts o;
 	calib_opts_default(&o);
 	o.n_samples = n;
@@ -138,9 +134,7 @@ static int c_calib(repl *r, int argc, char **argv)
 	calib_cache_info info;
 	calib_set *s = NULL;
 	double t0 = cli_now();
-	int rc = calib_collect(r->m, text, len, &o, calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir,
-			       NULL, NULL, &s, &info, &err);
-	free(text);
+	int rc = cli_collect_calib_file(r->m, NULL, &o, NULL, NULL, &s, &info, &err);
 	if (rc) {
 		fprintf(stderr, "calib: %s\n", err.msg);
 		return 1;
