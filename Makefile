@@ -30,7 +30,7 @@ HELP_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(TEST_HELP))
 LIB      := $(BUILD)/libqscope.a
 BIN      := $(BUILD)/qscope
 
-.PHONY: all test check asan bench quality clean install run deps layering
+.PHONY: all test check asan bench quality quality-spread clean install run deps layering
 all: $(BIN) qscope
 
 qscope: $(BIN)
@@ -76,6 +76,9 @@ bench: all
 
 quality: all
 	scripts/quality.sh
+
+quality-spread: all
+	scripts/quality_spread.sh
 
 deps:
 	scripts/deps.sh

@@ -73,7 +73,7 @@ for l in open(sys.argv[1]):
 	./qscope quant -m "$model" -f "$calib" --spec "$spec" --eval "$evals" --chunks "$chunks" \
 		--kld --json | python3 -c 'import json,sys; j=json.load(sys.stdin); j["what"]=sys.argv[1]; print(json.dumps(j))' "${row#*|}" >> "$out"
 done
-python3 scripts/quality_table.py "$out" "$chunks" > docs/QUALITY.md.tmp
+python3 scripts/quality_table.py "$out" "$chunks" build/quality_spread.jsonl > docs/QUALITY.md.tmp
 mv docs/QUALITY.md.tmp docs/QUALITY.md
 rm -f "$prev"
 echo "quality: wrote docs/QUALITY.md" >&2
