@@ -178,6 +178,18 @@ const char *cli_default_calib(void)
 	return cli_shared_data("debdoc-calib.txt", buf, sizeof(buf));
 }
 
+/* rc, with err's message prefixed by the file it is about (unless it already
+ * names it, or the operation was cancelled) */
+static int name_file(qs_error *err, int rc, const char *file)
+{
+	if (rc && rc != QS_ECANCEL && strncmp(err->msg, file, strlen(file)) != 0) {
+		char msg[sizeof(err->msg)];
+		snprintf(msg, sizeof(msg), "%s", err->msg);
+		qs_err(err, rc, "%s: %.400s", file, msg);
+	}
+	return rc;
+}
+
 int cli_sample_calib_file(const model *m, const char *file, const calib_opts *o, int **out,
 			 qs_error *err)
 {
@@ -188,12 +200,7 @@ int cli_sample_calib_file(const model *m, const char *file, const calib_opts *o,
 		return qs_err(err, QS_EIO, "%s: cannot read the calibration text", cf);
 	int rc = calib_sample_text(m, text, len, o, out, NULL, err);
 	free(text);
-	if (rc) {
-		char msg[sizeof(err->msg)];
-		snprintf(msg, sizeof(msg), "%s", err->msg);
-		qs_err(err, rc, "%s: %.400s", cf, msg);
-	}
-	return rc;
+	return name_file(err, rc, cf);
 }
 
 int cli_collect_calib_file(const model *m, const char *file, const calib_opts *o,
@@ -208,12 +215,7 @@ int cli_collect_calib_file(const model *m, const char *file, const calib_opts *o
 	int rc = calib_collect(m, text, len, o, calib_cache_dir(dir, sizeof(dir), NULL) ? NULL : dir,
 			       progress, puser, out, info, err);
 	free(text);
-	if (rc && rc != QS_ECANCEL && strncmp(err->msg, cf, strlen(cf)) != 0) {
-		char msg[sizeof(err->msg)];
-		snprintf(msg, sizeof(msg), "%s", err->msg);
-		qs_err(err, rc, "%s: %.400s", cf, msg);
-	}
-	return rc;
+	return name_file(err, rc, cf);
 }
 
 int cli_sample_calib(const model *m, int n_samples, int **out, qs_error *err)
