@@ -754,23 +754,13 @@ static int copy_tensor(qctx *c, int idx)
 		t->nbytes = rt->nbytes;
 		t->q = NULL;
 	}
-	for (int k = 0; k < 2; k++) {
-		const float *v = k ? rt->col_scale : rt->row_scale;
-		if (!v)
-			continue;
-		const size_t n = (size_t)(k ? t->ne[0] : t->ne[1]);
-		float *d = malloc(sizeof(float) * n);
-		if (!d)
-			return qs_err(c->err, QS_ENOMEM, "quantize: out of memory");
-		memcpy(d, v, sizeof(float) * n);
-		if (model_keep_buffer(c->m, d, c->err))
-			return QS_ENOMEM;
-		if (k)
-			t->col_scale = d;
-		else
-			t->row_scale = d;
-	}
-	return 0;
+	/* t is fresh (no scales yet), so recording the reused scales copies them */
+	int rc = 0;
+	if (rt->row_scale)
+		rc = record_scale(c, t, 1, rt->row_scale);
+	if (!rc && rt->col_scale)
+		rc = record_scale(c, t, 0, rt->col_scale);
+	return rc;
 }
 
 /* layer l as quant_opts.reuse made it; the calibration passes through it */

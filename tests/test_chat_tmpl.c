@@ -219,10 +219,8 @@ static void test_gguf_template(void **s)
 	(void)s;
 	qs_error err = { 0 };
 	gguf_file *g;
-	assert_int_equal(gguf_open(tu_shared("models/debdoc-19m-f16.gguf"), &g, &err), 0);
-	gguf_writer *w = gguf_writer_new();
-	for (int i = 0; i < gguf_n_kv(g); i++)
-		assert_int_equal(gguf_w_copy_kv(w, g, i), 0);
+	gguf_writer *w = tu_gguf_copy_meta(tu_shared("models/debdoc-19m-f16.gguf"), &g);
+	assert_non_null(w);
 	const char *tmpl = "{% for m in messages %}{{'<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n'}}{% endfor %}";
 	assert_int_equal(gguf_w_str(w, "tokenizer.chat_template", tmpl), 0);
 	for (int i = 0; i < gguf_n_tensors(g); i++) {

@@ -601,6 +601,8 @@ static void assert_same_models(const model *a, const model *b, int want_same)
 		diff += memcmp(fx, fy, sizeof(float) * n) != 0;
 		diff += !!x->col_scale != !!y->col_scale ||
 			(x->col_scale && memcmp(x->col_scale, y->col_scale, sizeof(float) * (size_t)x->ne[0]));
+		diff += !!x->row_scale != !!y->row_scale ||
+			(x->row_scale && memcmp(x->row_scale, y->row_scale, sizeof(float) * (size_t)x->ne[1]));
 		free(fx);
 		free(fy);
 	}
@@ -621,10 +623,11 @@ static void test_reuse(void **s)
 	}
 	const char *a[] = { "ffn_gate awq:int4g128", "ffn_up awq:int4g128", "attn_q gptq:int3g128",
 			    "attn_k gptq:int3g128", "attn_v gptq:int3g128", "attn_output gptq:int3g128",
-			    "ffn_down gptq:int3g128" };
+			    "ffn_down awq:int3g128,gptq" };
 	const char *b[] = { "ffn_down@5 gptq:int4g64", "ffn_gate awq:int4g128", "ffn_up awq:int4g128",
 			    "attn_q gptq:int3g128", "attn_k gptq:int3g128", "attn_v gptq:int3g128",
-			    "attn_output gptq:int3g128", "ffn_down gptq:int3g128" };
+			    "attn_output gptq:int3g128", "ffn_down awq:int3g128,gptq" };
+	/* AWQ on ffn_down folds its scales into ffn_up's rows (row_scale) */
 	quant_opts o = { .calib = calib, .n_calib = NC, .calib_len = LEN, .batch = 4 };
 	quant_report ra, rb, rr;
 	model *qa = plan_model_opts(a, 7, &o, &ra);

@@ -1,6 +1,7 @@
 #include "testutil.h"
 
 #include "../engine/forward.h"
+#include "../engine/gguf.h"
 #include "../engine/model.h"
 
 #include <stdarg.h>
@@ -178,4 +179,21 @@ float *tu_capture_site(const struct model *m, const int *tokens, int n_seq, int 
 	*rows = c.rows;
 	*cols = c.cols;
 	return c.x;
+}
+
+gguf_writer *tu_gguf_copy_meta(const char *path, gguf_file **g)
+{
+	qs_error err = { 0 };
+	if (gguf_open(path, g, &err)) {
+		fprintf(stderr, "tu_gguf_copy_meta: %s\n", err.msg);
+		*g = NULL;
+		return NULL;
+	}
+	gguf_writer *w = gguf_writer_new();
+	for (int i = 0; w && i < gguf_n_kv(*g); i++)
+		if (gguf_w_copy_kv(w, *g, i)) {
+			gguf_writer_free(w);
+			w = NULL;
+		}
+	return w;
 }

@@ -32,4 +32,11 @@ struct model;
 float *tu_capture_site(const struct model *m, const int *tokens, int n_seq, int len, int layer,
 		       int site, int *rows, int *cols);
 
+struct gguf_file;
+struct gguf_writer;
+/* Open the GGUF at path into *g (NULL on failure) and return a new writer
+ * holding all of its metadata keys, for a test that writes a changed copy;
+ * NULL on any failure. The caller adds tensors, then frees both. */
+struct gguf_writer *tu_gguf_copy_meta(const char *path, struct gguf_file **g);
+
 #endif
