@@ -253,6 +253,63 @@ static void test_quant_methods(void **s)
 	json_decref(sq);
 }
 
+/* --seeds: each seed's run equals the single run with --seed (the same
+ * windows, the same quantizer), and the summary is the median, range and
+ * sample sd of those runs, computed here from the single runs */
+static void test_quant_seeds(void **s)
+{
+	(void)s;
+	const char *common = "--spec gptq:int3g128 --samples 4 --seq-len 128 --chunks 2 --kld";
+	char a[256];
+	snprintf(a, sizeof(a), "%s --seeds 0-2", common);
+	json_t *all = quant_json(a);
+	double ppl[3], kld[3];
+	for (int k = 0; k < 3; k++) {
+		snprintf(a, sizeof(a), "%s --seed %d", common, k);
+		json_t *one = quant_json(a);
+		json_t *r = json_array_get(json_object_get(all, "runs"), (size_t)k);
+		assert_non_null(r);
+		assert_int_equal(json_integer_value(json_object_get(r, "seed")), k);
+		ppl[k] = jnum(one, "ppl");
+		kld[k] = jnum(one, "kld_mean");
+		assert_true(jnum(r, "ppl") == ppl[k]);
+		assert_true(jnum(r, "kld_mean") == kld[k]);
+		assert_true(jnum(all, "ppl_base") == jnum(one, "ppl_base"));
+		assert_true(jnum(all, "bytes") == jnum(one, "bytes"));
+		json_decref(one);
+	}
+	/* the seeds draw different windows, so the models differ */
+	assert_true(ppl[0] != ppl[1] || ppl[1] != ppl[2]);
+	double lo = ppl[0], hi = ppl[0], mean = (ppl[0] + ppl[1] + ppl[2]) / 3, ss = 0;
+	for (int k = 0; k < 3; k++) {
+		lo = ppl[k] < lo ? ppl[k] : lo;
+		hi = ppl[k] > hi ? ppl[k] : hi;
+		ss += (ppl[k] - mean) * (ppl[k] - mean);
+	}
+	const double med = ppl[0] + ppl[1] + ppl[2] - lo - hi;
+	assert_true(fabs(jnum(all, "ppl") - med) < 1e-9 * med);
+	assert_true(fabs(jnum(all, "ppl_min") - lo) < 1e-9 * lo);
+	assert_true(fabs(jnum(all, "ppl_max") - hi) < 1e-9 * hi);
+	assert_true(fabs(jnum(all, "ppl_sd") - sqrt(ss / 2)) < 1e-9 * hi);
+	const double kmed = kld[0] + kld[1] + kld[2] - fmin(kld[0], fmin(kld[1], kld[2])) -
+			    fmax(kld[0], fmax(kld[1], kld[2]));
+	assert_true(fabs(jnum(all, "kld_mean") - kmed) < 1e-9 * kmed);
+	json_decref(all);
+	/* a plan without calibration, and a bad list, are usage errors */
+	char cmd[4096], *err;
+	snprintf(cmd, sizeof(cmd), "%s quant -m %s --bits 3 --seeds 0-3", bin,
+		 tu_shared("models/debdoc-19m-f16.gguf"));
+	assert_int_equal(run(cmd, NULL), 1);
+	err = last_stderr();
+	assert_non_null(strstr(err, "uses no calibration data"));
+	free(err);
+	snprintf(cmd, sizeof(cmd), "%s quant --spec gptq:int3g128 --seeds 3-1", bin);
+	assert_int_equal(run(cmd, NULL), 1);
+	err = last_stderr();
+	assert_non_null(strstr(err, "--seeds '3-1'"));
+	free(err);
+}
+
 static void test_quant_cli(void **s)
 {
 	(void)s;
@@ -376,6 +433,7 @@ int main(void)
 		cmocka_unit_test(test_quant_cli),
 		cmocka_unit_test(test_policy_cli),
 		cmocka_unit_test(test_quant_methods),
+		cmocka_unit_test(test_quant_seeds),
 		cmocka_unit_test(test_ppl_gguf),
 		cmocka_unit_test(test_ppl_hf),
 	};

@@ -635,7 +635,7 @@ static const cmd cmds[] = {
 	{ "quant", cmd_quant,
 	  "quant -m MODEL [-f CALIB] --method M --bits B [--group G] [--sym|--asym] [--act-order]\n"
 	  "       [--alpha A] [--format F] [--act-bits B] [--act-per token|tensor] [--include RE]\n"
-	  "       [--exclude RE] [--eval TEXT] [--chunks N] [--kld] [--json] [--dry-run]\n"
+	  "       [--exclude RE] [--eval TEXT] [--chunks N] [--kld] [--seeds LIST] [--json] [--dry-run]\n"
 	  "       | --policy FILE.lua [--set K=V ...] [--sens FILE] | --recipe FILE  [--save-recipe FILE]",
 	  "Quantize every matched tensor with one spec, or each tensor with the spec a Lua policy\n"
 	  "chooses (docs/LUA.md), then report size (bytes, bits per weight) and quality\n"
