@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "../engine/bench.h"
 #include "../engine/calib.h"
 #include "../engine/eval.h"
 #include "../engine/forward.h"
@@ -506,18 +507,11 @@ out:
 	return rc;
 }
 
-static int cmp_double(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
 /* median (the mean of the middle two for an even count), min, max and the
  * sample standard deviation of v[0..n) (n >= 1); v is sorted in place */
 static void spread(double *v, int n, double *med, double *lo, double *hi, double *sd)
 {
-	qsort(v, (size_t)n, sizeof(*v), cmp_double);
-	*med = n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+	*med = bench_median(v, n); /* sorts v */
 	*lo = v[0];
 	*hi = v[n - 1];
 	double mean = 0, ss = 0;
