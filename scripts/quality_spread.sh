@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make quality-spread: how much of a calibrated method's WikiText-2 figure is
 # the calibration sample. Each (spec, windows) pair is quantized with seeds
-# SEEDS (default 0-7) and evaluated on the first CHUNKS chunks of WikiText-2;
-# one `qscope quant --json` line per run goes to build/quality_spread.jsonl,
+# SEEDS (default 0-7, any `qscope quant --seeds` list) and evaluated on the
+# first CHUNKS chunks of WikiText-2 with KL divergence, by one
+# `qscope quant --seeds` call per pair; a line per run goes to
+# build/quality_spread.jsonl,
 # then docs/QUALITY.md is rewritten with a spread section (the main table
 # comes from build/quality.jsonl, written by `make quality`).
 set -euo pipefail
@@ -10,7 +12,7 @@ cd "$(dirname "$0")/.."
 model=${MODEL:-models/debdoc-19m-f16.gguf}
 shared=${QSCOPE_SHARED:-../shared}
 chunks=${CHUNKS:-100}
-seeds=${SEEDS:-0 1 2 3 4 5 6 7}
+seeds=${SEEDS:-0-7}
 calib="$shared/data/debdoc-calib.txt"
 out=build/quality_spread.jsonl
 mkdir -p build docs
@@ -40,16 +42,16 @@ for run in "${runs[@]}"; do
 	win=${run#*|}
 	raw=()
 	[ "$win" = raw ] && raw=(--calib-raw)
-	for seed in $seeds; do
-		echo "quality-spread: $spec $win seed $seed" >&2
-		./qscope quant -m "$model" -f "$calib" --spec "$spec" "${raw[@]}" --seed "$seed" \
-			--eval data/wikitext-2-test.txt --chunks "$chunks" --json |
-			python3 -c 'import json,sys
+	echo "quality-spread: $spec $win seeds $seeds" >&2
+	./qscope quant -m "$model" -f "$calib" --spec "$spec" "${raw[@]}" --seeds "$seeds" \
+		--eval data/wikitext-2-test.txt --chunks "$chunks" --kld --json |
+		python3 -c 'import json,sys
 j = json.load(sys.stdin)
-print(json.dumps({"spec": j["spec"], "windows": sys.argv[1], "seed": int(sys.argv[2]),
-                  "ppl": j["ppl"], "ppl_base": j["ppl_base"], "chunks": j["chunks"],
-                  "seconds_quant": j["seconds_quant"]}))' "$win" "$seed" >> "$tmp"
-	done
+for r in j.get("runs") or [dict(j, seed=int(sys.argv[2]))]:  # one seed: a single run
+    print(json.dumps({"spec": r["spec"], "windows": sys.argv[1], "seed": r["seed"],
+                      "ppl": r["ppl"], "ppl_base": r["ppl_base"], "chunks": r["chunks"],
+                      "kld_mean": r["kld_mean"], "same_top_pct": r["same_top_pct"],
+                      "seconds_quant": r["seconds_quant"]}))' "$win" "$seeds" >> "$tmp"
 done
 mv "$tmp" "$out"
 python3 scripts/quality_table.py build/quality.jsonl "$chunks" "$out" > docs/QUALITY.md.tmp

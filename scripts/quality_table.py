@@ -94,9 +94,12 @@ if spread:
     print("the rows above and as the perplexity protocol starts every chunk; `raw` takes them as")
     print("they are in the text (`--calib-raw`), as the reference code samples. Recovered is the")
     print("median's share of the RTN increase; the last column counts the seeds at or below the")
-    print("reference's figure.\n")
-    print("| method | windows | median PPL | min - max | mean +- sd | recovered | reference | seeds <= reference |")
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    has_kld = all("kld_mean" in r for r in spread)
+    print("reference's figure." + (" KLD is the mean KL divergence from the unquantized model on the"
+          "\nsame chunks, median over the seeds (min - max)." if has_kld else "") + "\n")
+    print("| method | windows | median PPL | min - max | mean +- sd | recovered | reference | seeds <= reference |"
+          + (" median KLD (min - max) |" if has_kld else ""))
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if has_kld else ""))
     keys = []
     for r in spread:
         k = (r["spec"], r["windows"])
@@ -115,8 +118,12 @@ if spread:
             n_le = f"{sum(x <= ref for x in v)} of {len(v)}"
         else:
             ref_s, n_le = "", ""
+        kl = ""
+        if has_kld:
+            k = [r["kld_mean"] for r in spread if (r["spec"], r["windows"]) == (spec, win)]
+            kl = f" {statistics.median(k):.4f} ({min(k):.4f} - {max(k):.4f}) |"
         print(f"| `{spec}` | {win} | {med:.2f} | {min(v):.2f} - {max(v):.2f} | {statistics.mean(v):.2f} +- {sd:.2f} "
-              f"| {rec_s} | {ref_s} | {n_le} |")
+              f"| {rec_s} | {ref_s} | {n_le} |" + kl)
 
 def rec(m, r, i=0):
     b = base[i]["ppl_base"]
@@ -181,7 +188,20 @@ if all(m in by for m, _ in steps) and "int3g128" in by:
         print(f"{mp:.2f} for plain GPTQ, {ma:.2f} with act-order and {ms:.2f} with act-order and static")
         print(f"groups (whose seed-0 figure in the table above ranks {rank} of {len(stat_b)});")
         print(f"with raw windows act-order beats plain GPTQ for {wins} of {len(common)} seeds, with the same")
-        print("windows (spread table).")
+        print("windows (spread table).", end="")
+        kb = {(r["spec"], r["seed"]): r["kld_mean"] for r in spread if r["windows"] == "bos" and "kld_mean" in r}
+        ks = sorted(k for (sp, k) in kb if sp == "gptq:int3g128" and ("gptq:int3g128,act_order", k) in kb)
+        if ks:
+            kw = sum(kb[("gptq:int3g128,act_order", k)] < kb[("gptq:int3g128", k)] for k in ks)
+            kp = statistics.median(kb[("gptq:int3g128", k)] for k in ks)
+            ka = statistics.median(kb[("gptq:int3g128,act_order", k)] for k in ks)
+            span = max(plain_b.values()) - min(plain_b.values())
+            print(f" By KL divergence on the same chunks, act-order with BOS-first windows is closer to the")
+            print(f"unquantized model than plain GPTQ for {kw} of {len(ks)} seeds (median {ka:.4f} against {kp:.4f}).")
+            print(f"Compare methods on KLD or on medians: the seed alone moves plain GPTQ's WikiText-2")
+            print(f"perplexity by {span:.0f} points (`qscope quant --seeds`, docs/QUANT.md).")
+        else:
+            print()
     else:
         print(" `make quality-spread` measures how much.")
 
