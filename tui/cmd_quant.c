@@ -523,10 +523,10 @@ static void spread(double *v, int n, double *med, double *lo, double *hi, double
 }
 
 /* key over the runs' k-th evaluations: in e, key as the median and
- * key_min, key_max, key_sd; the median in *med */
-static void summarize(json_t *runs, int k, const char *key, json_t *e, double *med)
+ * key_min, key_max, key_sd */
+static void summarize(json_t *runs, int k, const char *key, json_t *e)
 {
-	double v[MAX_SEEDS], lo, hi, sd;
+	double v[MAX_SEEDS], med, lo, hi, sd;
 	int n = 0;
 	size_t i;
 	json_t *r;
@@ -535,12 +535,11 @@ static void summarize(json_t *runs, int k, const char *key, json_t *e, double *m
 		if (x && n < MAX_SEEDS)
 			v[n++] = json_number_value(x);
 	}
-	*med = NAN;
 	if (!n)
 		return;
-	spread(v, n, med, &lo, &hi, &sd);
+	spread(v, n, &med, &lo, &hi, &sd);
 	char name[64];
-	json_object_set_new(e, key, json_real(*med));
+	json_object_set_new(e, key, json_real(med));
 	snprintf(name, sizeof(name), "%s_min", key);
 	json_object_set_new(e, name, json_real(lo));
 	snprintf(name, sizeof(name), "%s_max", key);
@@ -630,11 +629,10 @@ static int run_seeds(const model *m, const quant_plan *plan, const char *sp, con
 				      "chunks", json_object_get(e0, "chunks"), "ppl_base",
 				      json_object_get(e0, "ppl_base"), "ppl_base_stderr",
 				      json_object_get(e0, "ppl_base_stderr"), "stat", "median over seeds");
-		double med;
-		summarize(runs, (int)ti, "ppl", e, &med);
+		summarize(runs, (int)ti, "ppl", e);
 		if (q_kld) {
-			summarize(runs, (int)ti, "kld_mean", e, &med);
-			summarize(runs, (int)ti, "same_top_pct", e, &med);
+			summarize(runs, (int)ti, "kld_mean", e);
+			summarize(runs, (int)ti, "same_top_pct", e);
 		}
 		if (ti == 0)
 			json_object_update(j, e);
