@@ -719,7 +719,7 @@ static void test_tmux(void **s)
 {
 	(void)s;
 	if (system("command -v tmux > /dev/null 2>&1") != 0)
-		skip();
+		fail_msg("tmux: not installed (scripts/deps.sh installs it)");
 	const int slow = tu_asan() ? 10 : 1; /* the sanitizer build is that much slower */
 	char cmd[8192], wait[2048], *out = NULL;
 	char sock[512];

@@ -1,0 +1,3 @@
+/* Stand-in found first on the include path of kernels/ and engine/:
+ * these layers may not use Lua (DESIGN.md, "Folders and their rules"). */
+#error "layering: <lua5.4/lualib.h> is for lua/ and tui/ only"
