@@ -231,6 +231,47 @@ static void test_help_sort_small(void **s)
 	free(scr);
 }
 
+/* The key table is the one source: the help screen shows each of its rows,
+ * and docs/TUI.md and README.md hold its Markdown form verbatim (regenerate
+ * with `qscope tui --keys-markdown`). */
+static void test_keys_table(void **s)
+{
+	(void)s;
+	char cmd[1024], *md = NULL;
+	snprintf(cmd, sizeof(cmd), "%s tui --keys-markdown", bin);
+	assert_int_equal(tu_run(cmd, tu_tmppath("keys.err"), &md), 0);
+	int rows = 0;
+	int rc;
+	char *scr = screen("140x40", "?", &rc);
+	assert_int_equal(rc, 0);
+	for (char *line = md, *nl; (nl = strchr(line, '\n')); line = nl + 1) {
+		*nl = 0;
+		char keys[128], what[256];
+		if (sscanf(line, "| %127[^|] | %255[^\n]", keys, what) == 2 && strncmp(keys, "---", 3) &&
+		    strcmp(keys, "keys ")) {
+			keys[strlen(keys) - 1] = 0;            /* the space before '|' */
+			what[strlen(what) - 2] = 0;            /* " |" */
+			if (!strstr(scr, keys) || !strstr(scr, what))
+				fail_msg("help screen lacks '%s': '%s'\n%s", keys, what, scr);
+			rows++;
+		}
+		*nl = '\n';
+	}
+	assert_true(rows >= 20);
+	const char *docs[] = { "docs/TUI.md", "README.md" };
+	for (int i = 0; i < 2; i++) {
+		size_t len;
+		char *doc = tu_read_file(docs[i], &len);
+		if (!doc)
+			fail_msg("%s: missing", docs[i]);
+		if (!strstr(doc, md))
+			fail_msg("%s: its key table differs from `qscope tui --keys-markdown`:\n%s", docs[i], md);
+		free(doc);
+	}
+	free(scr);
+	free(md);
+}
+
 /* The detail pane: the weights' absmax is the largest |w| of the tensor's
  * FP16 data (computed here), and after `c` the input channels are listed
  * largest first, the first one being the input's absmax. */
@@ -802,6 +843,7 @@ int main(void)
 		cmocka_unit_test(test_group_cycle),
 		cmocka_unit_test(test_range),
 		cmocka_unit_test(test_help_sort_small),
+		cmocka_unit_test(test_keys_table),
 		cmocka_unit_test(test_detail),
 		cmocka_unit_test(test_policy_picker),
 		cmocka_unit_test(test_session),

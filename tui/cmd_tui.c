@@ -24,6 +24,7 @@ static common co;
 static const char *t_sens, *t_recipe, *t_keys, *t_policy, *t_eval = "data/wikitext-2-test.txt";
 static const char *t_template = "auto";
 static int t_tmpl = -1; /* enum chat_tmpl_kind, -1: the model's */
+static int t_keys_md;
 static int t_full_chunks, t_fresh, t_chunks = 8, t_noeval, t_calib_n = 16, t_stats_n = 128;
 
 static const opt o_tui[] = {
@@ -40,6 +41,7 @@ static const opt o_tui[] = {
 	{ NULL, "--full-chunks", OPT_INT, &t_full_chunks, "N", "chunks of the full evaluation (E; default 0: the whole text)" },
 	{ NULL, "--fresh", OPT_FLAG, &t_fresh, NULL, "do not restore the last session's plan for this model" },
 	{ NULL, "--no-eval", OPT_FLAG, &t_noeval, NULL, "no live evaluation" },
+	{ NULL, "--keys-markdown", OPT_FLAG, &t_keys_md, NULL, "print the key table as Markdown (as docs/TUI.md has it) and exit" },
 	{ NULL, "--template", OPT_STR, &t_template, "T", "chat prompt format: auto (the model's chat template), none (plain completion), llama2, chatml, llama3 (default auto)" },
 	{ "-t", "--threads", OPT_INT, &co.threads, "N", "threads (default: all cores)" },
 	{ NULL, NULL, 0, NULL, NULL, NULL },
@@ -892,6 +894,10 @@ static int workbench_main(const char *name, int argc, char **argv, int demo)
 	int rc = cli_parse_opts(name, argc, argv, o_tui);
 	if (rc)
 		return rc;
+	if (t_keys_md) {
+		wb_keys_markdown(stdout);
+		return 0;
+	}
 	qs_error terr = { 0 };
 	if (chat_tmpl_parse(t_template, &t_tmpl, &terr)) {
 		fprintf(stderr, "qscope %s: --template: %s\n", name, terr.msg);

@@ -88,37 +88,17 @@ struct wb {
 	int n_hist;
 };
 
-static const wb_keydef keydefs[] = {
-	{ "j, Down / k, Up", "move the cursor" },
-	{ "PgDn / PgUp, Home / End", "move a page, to the first / last row" },
-	{ "Space", "select or unselect the row (edits apply to the selection, else the row)" },
-	{ "mouse", "click: cursor to the row; click on the cursor's row: (un)select it; wheel: move" },
-	{ "V", "select the range from the row Space last selected to the cursor" },
-	{ "a", "select every row of the cursor row's kind (all ffn_down, ...)" },
-	{ "A / Esc", "select every shown row / clear the selection" },
-	{ "m", "cycle the method: rtn, gptq, awq, hqq" },
-	{ "b", "cycle the bits: 2 to 8" },
-	{ "g", "cycle the group: 32, 64, 128, 256, per channel" },
-	{ "s", "toggle symmetric / asymmetric" },
-	{ "f", "cycle the format: q4_0, q4_1, q8_0, nf4, fp8, int4g128" },
-	{ "x", "keep as stored (not quantized)" },
-	{ "u / Ctrl-R", "undo / redo" },
-	{ "/", "filter rows by a regular expression (empty: all)" },
-	{ "o", "cycle the sort: model order, params, bits/weight, kurtosis, sensitivity" },
-	{ "Enter", "show / hide the detail pane: histograms of the weights and inputs" },
-	{ "c", "calibrate (input statistics for the detail pane; cached on disk)" },
-	{ "p", "apply a Lua policy (picker over lua/policies, o there types any path; errors shown there)" },
-	{ "C", "chat: the original and the quantized model answer one prompt side by side" },
-	{ "E / Esc", "evaluate the plan on the whole text (progress bar) / cancel it" },
-	{ "r", "the results history: every full evaluation of this session" },
-	{ "?, F1", "this help (any key returns)" },
-	{ "q, Ctrl-C", "quit (Ctrl-C also from the chat); the plan is saved after every change" },
-};
+/* The table screen's key bindings are the rows of `bindings` (after the
+ * editing functions, below); wb_key dispatches from them, and the help
+ * screen, the footer and the docs' key tables (`qscope tui --keys-markdown`)
+ * are printed from them. */
+static int keys_table(const wb_keydef **out);
 
 const wb_keydef *wb_keys(int *n)
 {
-	*n = (int)(sizeof(keydefs) / sizeof(keydefs[0]));
-	return keydefs;
+	const wb_keydef *k;
+	*n = keys_table(&k);
+	return k;
 }
 
 /* ------------------------------------------------------------ plan state */
@@ -928,6 +908,260 @@ static int mouse_key(wb *w, int key)
 	return WB_REDRAW;
 }
 
+/* ------------------------------------------------------------ key bindings */
+
+static int page_rows(const wb *w) { return w->page > 1 ? w->page : 10; }
+static int k_down(wb *w) { w->cur++; return 0; }
+static int k_up(wb *w) { w->cur--; return 0; }
+static int k_pgdn(wb *w) { w->cur += page_rows(w); return 0; }
+static int k_pgup(wb *w) { w->cur -= page_rows(w); return 0; }
+static int k_home(wb *w) { w->cur = 0; return 0; }
+static int k_end(wb *w) { w->cur = w->n_view - 1; return 0; }
+static int k_quit(wb *w) { (void)w; return WB_QUIT; }
+
+static int k_select(wb *w)
+{
+	if (w->n_view) {
+		w->rows[w->view[w->cur]].sel ^= 1;
+		w->anchor = w->view[w->cur];
+		w->cur++;
+	}
+	return 0;
+}
+
+static int k_range(wb *w)
+{
+	int from = -1;
+	for (int k = 0; k < w->n_view; k++)
+		if (w->view[k] == w->anchor)
+			from = k;
+	if (from < 0 || !w->n_view) {
+		snprintf(w->status, sizeof(w->status), "V: select a first row with Space");
+		return 0;
+	}
+	int a = from < w->cur ? from : w->cur, b = from < w->cur ? w->cur : from;
+	for (int k = a; k <= b; k++)
+		w->rows[w->view[k]].sel = 1;
+	snprintf(w->status, sizeof(w->status), "selected rows %d to %d", a + 1, b + 1);
+	return 0;
+}
+
+static int k_kind(wb *w)
+{
+	if (!w->n_view)
+		return 0;
+	const char *kind = w->rows[w->view[w->cur]].kind;
+	int cnt = 0;
+	for (int k = 0; k < w->n_view; k++)
+		if (!strcmp(w->rows[w->view[k]].kind, kind)) {
+			w->rows[w->view[k]].sel = 1;
+			cnt++;
+		}
+	snprintf(w->status, sizeof(w->status), "selected %d %s", cnt, kind);
+	return 0;
+}
+
+static int k_all(wb *w)
+{
+	for (int k = 0; k < w->n_view; k++)
+		w->rows[w->view[k]].sel = 1;
+	snprintf(w->status, sizeof(w->status), "selected %d tensors", w->n_view);
+	return 0;
+}
+
+static int k_clear(wb *w)
+{
+	for (int i = 0; i < w->n; i++)
+		w->rows[i].sel = 0;
+	return 0;
+}
+
+static int k_method(wb *w) { apply(w, ed_method, "method"); return 0; }
+static int k_bits(wb *w) { apply(w, ed_bits, "bits"); return 0; }
+static int k_group(wb *w) { apply(w, ed_group, "group"); return 0; }
+static int k_sym(wb *w) { apply(w, ed_sym, "symmetric"); return 0; }
+static int k_format(wb *w) { apply(w, ed_format, "format"); return 0; }
+static int k_keep(wb *w) { apply(w, ed_keep, "keep"); return 0; }
+
+static int k_undo(wb *w)
+{
+	if (w->undo_pos > 0) {
+		restore(w, w->undo_pos - 1);
+		snprintf(w->status, sizeof(w->status), "undone");
+	} else {
+		snprintf(w->status, sizeof(w->status), "nothing to undo");
+	}
+	return 0;
+}
+
+static int k_redo(wb *w)
+{
+	if (w->undo_pos + 1 < w->n_undo) {
+		restore(w, w->undo_pos + 1);
+		snprintf(w->status, sizeof(w->status), "redone");
+	} else {
+		snprintf(w->status, sizeof(w->status), "nothing to redo");
+	}
+	return 0;
+}
+
+static int k_filter(wb *w) /* a new filter; Enter on an empty one shows every row */
+{
+	w->mode = MODE_FILTER;
+	w->input[0] = 0;
+	return 0;
+}
+
+static int k_sort(wb *w)
+{
+	w->sort = (w->sort + 1) % SORT_N;
+	rebuild_view(w);
+	snprintf(w->status, sizeof(w->status), "sorted by %s", sort_names[w->sort]);
+	return 0;
+}
+
+static int k_detail(wb *w) { w->detail = !w->detail; return 0; }
+static int k_help(wb *w) { w->mode = MODE_HELP; return 0; }
+static int k_history(wb *w) { w->mode = MODE_HISTORY; return 0; }
+static int k_chat(wb *w) { w->want_chat = 1; return 0; }
+
+static int k_full(wb *w)
+{
+	if (w->full_running)
+		snprintf(w->status, sizeof(w->status), "a full evaluation is running (Esc cancels)");
+	else
+		w->want_full = 1;
+	return 0;
+}
+
+static int k_policy(wb *w)
+{
+	w->mode = MODE_POLICY;
+	w->pol_err[0] = 0;
+	return 0;
+}
+
+static int k_calib(wb *w)
+{
+	if (w->calib)
+		snprintf(w->status, sizeof(w->status), "calibration statistics are loaded");
+	else if (!w->calib_busy)
+		w->want_calib = 1;
+	return 0;
+}
+
+/* One action of the table screen. A row with join set is shown together
+ * with the row before it ("j, Down / k, Up"), under that row's help; a row
+ * without keys only documents keys handled before the table (the mouse, Esc
+ * while a full evaluation runs). foot: the row's words in the footer. */
+typedef struct wb_binding {
+	int key[3];          /* key codes, 0-terminated */
+	const char *label;   /* as shown: "j, Down" */
+	const char *help;    /* NULL on a join row */
+	const char *foot;    /* NULL: not in the footer */
+	int (*act)(wb *w);   /* WB_QUIT or 0 */
+} wb_binding;
+
+#define JOIN NULL
+static const wb_binding bindings[] = {
+	{ { 'j', WB_KEY_DOWN }, "j, Down", "move the cursor", "j/k move", k_down },
+	{ { 'k', WB_KEY_UP }, "k, Up", JOIN, NULL, k_up },
+	{ { WB_KEY_PGDN }, "PgDn", "move a page, to the first / last row", NULL, k_pgdn },
+	{ { WB_KEY_PGUP }, "PgUp", JOIN, NULL, k_pgup },
+	{ { WB_KEY_HOME }, "Home", JOIN, NULL, k_home },
+	{ { WB_KEY_END }, "End", JOIN, NULL, k_end },
+	{ { ' ' }, "Space", "select or unselect the row (edits apply to the selection, else the row)",
+	  "space select", k_select },
+	{ { 0 }, "mouse", "click: cursor to the row; click on the cursor's row: (un)select it; wheel: move",
+	  NULL, NULL },
+	{ { 'V' }, "V", "select the range from the row Space last selected to the cursor", NULL, k_range },
+	{ { 'a' }, "a", "select every row of the cursor row's kind (all ffn_down, ...)", NULL, k_kind },
+	{ { 'A' }, "A", "select every shown row / clear the selection", NULL, k_all },
+	{ { WB_KEY_ESC }, "Esc", JOIN, NULL, k_clear },
+	{ { 'm' }, "m", "cycle the method: rtn, gptq, awq, hqq", "m b g s f x edit", k_method },
+	{ { 'b' }, "b", "cycle the bits: 2 to 8", NULL, k_bits },
+	{ { 'g' }, "g", "cycle the group: 32, 64, 128, 256, per channel (sizes that do not divide the row are skipped)",
+	  NULL, k_group },
+	{ { 's' }, "s", "toggle symmetric / asymmetric", NULL, k_sym },
+	{ { 'f' }, "f", "cycle the format: q4_0, q4_1, q8_0, nf4, fp8, int4g128", NULL, k_format },
+	{ { 'x' }, "x", "keep as stored (not quantized)", NULL, k_keep },
+	{ { 'u' }, "u", "undo / redo", "u undo", k_undo },
+	{ { WB_KEY_CTRL_R }, "Ctrl-R", JOIN, NULL, k_redo },
+	{ { '/' }, "/", "filter rows by a regular expression (empty: all)", "/ filter", k_filter },
+	{ { 'o' }, "o", "cycle the sort: model order, params, bits/weight, kurtosis, sensitivity", NULL, k_sort },
+	{ { WB_KEY_ENTER }, "Enter", "show / hide the detail pane: histograms of the weights and inputs",
+	  NULL, k_detail },
+	{ { 'c' }, "c", "calibrate (input statistics for the detail pane; cached on disk)", NULL, k_calib },
+	{ { 'p' }, "p", "apply a Lua policy (picker over the bundled policies, o there types any path; errors shown there)",
+	  "p policy", k_policy },
+	{ { 'C' }, "C", "chat: the original and the quantized model answer one prompt side by side",
+	  "C chat", k_chat },
+	{ { 'E' }, "E", "evaluate the plan on the whole text (progress bar) / cancel it", NULL, k_full },
+	{ { 0 }, "Esc", JOIN, NULL, NULL },
+	{ { 'r' }, "r", "the results history: every full evaluation of this session", NULL, k_history },
+	{ { '?', WB_KEY_F1 }, "?, F1", "this help (any key returns)", "? help", k_help },
+	{ { 'q', WB_KEY_CTRL_C }, "q, Ctrl-C", "quit (Ctrl-C also from the chat); the plan is saved after every change",
+	  "q quit", k_quit },
+};
+#undef JOIN
+enum { N_BINDINGS = sizeof(bindings) / sizeof(bindings[0]) };
+
+static const wb_binding *binding_of(int key)
+{
+	for (int i = 0; i < N_BINDINGS; i++)
+		for (int j = 0; j < 3 && bindings[i].key[j]; j++)
+			if (bindings[i].key[j] == key)
+				return &bindings[i];
+	return NULL;
+}
+
+/* The help rows: each row with its join rows merged ("j, Down / k, Up"). */
+static int keys_table(const wb_keydef **out)
+{
+	static wb_keydef rows[N_BINDINGS];
+	static char labels[N_BINDINGS][64];
+	static int n = -1;
+	if (n < 0) {
+		n = 0;
+		for (int i = 0; i < N_BINDINGS; i++) {
+			if (!bindings[i].help && n > 0) {
+				size_t l = strlen(labels[n - 1]);
+				snprintf(labels[n - 1] + l, sizeof(labels[0]) - l, " / %s", bindings[i].label);
+				continue;
+			}
+			snprintf(labels[n], sizeof(labels[0]), "%s", bindings[i].label);
+			rows[n] = (wb_keydef){ labels[n], bindings[i].help ? bindings[i].help : "" };
+			n++;
+		}
+	}
+	*out = rows;
+	return n;
+}
+
+/* The footer: the foot words of the rows that have them. */
+static const char *footer(void)
+{
+	static char buf[160];
+	if (!buf[0]) {
+		size_t o = 0;
+		for (int i = 0; i < N_BINDINGS; i++)
+			if (bindings[i].foot && o < sizeof(buf))
+				o += (size_t)snprintf(buf + o, sizeof(buf) - o, "%s%s", o ? "  " : "",
+						      bindings[i].foot);
+	}
+	return buf;
+}
+
+int wb_keys_markdown(FILE *f)
+{
+	const wb_keydef *k;
+	int n = keys_table(&k);
+	fprintf(f, "| keys | what |\n| --- | --- |\n");
+	for (int i = 0; i < n; i++)
+		fprintf(f, "| %s | %s |\n", k[i].keys, k[i].help);
+	return n;
+}
+
 int wb_key(wb *w, int key)
 {
 	if (key == WB_KEY_RESIZE)
@@ -986,113 +1220,11 @@ int wb_key(wb *w, int key)
 		return WB_REDRAW;
 	}
 	w->status[0] = 0;
-	if (key == WB_KEY_CTRL_C)
+	const wb_binding *bd = binding_of(key);
+	if (!bd)
+		return 0;
+	if (bd->act(w) == WB_QUIT)
 		return WB_QUIT;
-	int page = w->page > 1 ? w->page : 10;
-	switch (key) {
-	case 'q': return WB_QUIT;
-	case 'j': case WB_KEY_DOWN: w->cur++; break;
-	case 'k': case WB_KEY_UP: w->cur--; break;
-	case WB_KEY_PGDN: w->cur += page; break;
-	case WB_KEY_PGUP: w->cur -= page; break;
-	case WB_KEY_HOME: w->cur = 0; break;
-	case WB_KEY_END: w->cur = w->n_view - 1; break;
-	case ' ':
-		if (w->n_view) {
-			w->rows[w->view[w->cur]].sel ^= 1;
-			w->anchor = w->view[w->cur];
-			w->cur++;
-		}
-		break;
-	case 'V': {
-		int from = -1;
-		for (int k = 0; k < w->n_view; k++)
-			if (w->view[k] == w->anchor)
-				from = k;
-		if (from < 0 || !w->n_view) {
-			snprintf(w->status, sizeof(w->status), "V: select a first row with Space");
-			break;
-		}
-		int a = from < w->cur ? from : w->cur, b = from < w->cur ? w->cur : from;
-		for (int k = a; k <= b; k++)
-			w->rows[w->view[k]].sel = 1;
-		snprintf(w->status, sizeof(w->status), "selected rows %d to %d", a + 1, b + 1);
-		break;
-	}
-	case 'a':
-		if (w->n_view) {
-			const char *kind = w->rows[w->view[w->cur]].kind;
-			int cnt = 0;
-			for (int k = 0; k < w->n_view; k++)
-				if (!strcmp(w->rows[w->view[k]].kind, kind)) {
-					w->rows[w->view[k]].sel = 1;
-					cnt++;
-				}
-			snprintf(w->status, sizeof(w->status), "selected %d %s", cnt, kind);
-		}
-		break;
-	case 'A':
-		for (int k = 0; k < w->n_view; k++)
-			w->rows[w->view[k]].sel = 1;
-		snprintf(w->status, sizeof(w->status), "selected %d tensors", w->n_view);
-		break;
-	case WB_KEY_ESC:
-		for (int i = 0; i < w->n; i++)
-			w->rows[i].sel = 0;
-		break;
-	case 'm': apply(w, ed_method, "method"); break;
-	case 'b': apply(w, ed_bits, "bits"); break;
-	case 'g': apply(w, ed_group, "group"); break;
-	case 's': apply(w, ed_sym, "symmetric"); break;
-	case 'f': apply(w, ed_format, "format"); break;
-	case 'x': apply(w, ed_keep, "keep"); break;
-	case 'u':
-		if (w->undo_pos > 0) {
-			restore(w, w->undo_pos - 1);
-			snprintf(w->status, sizeof(w->status), "undone");
-		} else {
-			snprintf(w->status, sizeof(w->status), "nothing to undo");
-		}
-		break;
-	case WB_KEY_CTRL_R:
-		if (w->undo_pos + 1 < w->n_undo) {
-			restore(w, w->undo_pos + 1);
-			snprintf(w->status, sizeof(w->status), "redone");
-		} else {
-			snprintf(w->status, sizeof(w->status), "nothing to redo");
-		}
-		break;
-	case '/': /* a new filter; Enter on an empty one shows every row */
-		w->mode = MODE_FILTER;
-		w->input[0] = 0;
-		break;
-	case 'o':
-		w->sort = (w->sort + 1) % SORT_N;
-		rebuild_view(w);
-		snprintf(w->status, sizeof(w->status), "sorted by %s", sort_names[w->sort]);
-		break;
-	case '?': case WB_KEY_F1: w->mode = MODE_HELP; break;
-	case WB_KEY_ENTER: w->detail = !w->detail; break;
-	case 'E':
-		if (w->full_running)
-			snprintf(w->status, sizeof(w->status), "a full evaluation is running (Esc cancels)");
-		else
-			w->want_full = 1;
-		break;
-	case 'r': w->mode = MODE_HISTORY; break;
-	case 'C': w->want_chat = 1; break;
-	case 'p':
-		w->mode = MODE_POLICY;
-		w->pol_err[0] = 0;
-		break;
-	case 'c':
-		if (w->calib)
-			snprintf(w->status, sizeof(w->status), "calibration statistics are loaded");
-		else if (!w->calib_busy)
-			w->want_calib = 1;
-		break;
-	default: return 0;
-	}
 	if (w->cur >= w->n_view)
 		w->cur = w->n_view - 1;
 	if (w->cur < 0)
@@ -1478,6 +1610,5 @@ void wb_draw(wb *w, tui_canvas *c)
 	else if (w->status[0])
 		tui_put(c, c->h - 1, 0, 0, TUI_NORMAL, w->status);
 	else
-		tui_put(c, c->h - 1, 0, 0, TUI_DIM,
-			"j/k move  space select  m b g s f x edit  u undo  / filter  p policy  C chat  ? help  q quit");
+		tui_put(c, c->h - 1, 0, 0, TUI_DIM, footer());
 }

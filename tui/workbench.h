@@ -8,6 +8,8 @@
 #ifndef QS_TUI_WORKBENCH_H
 #define QS_TUI_WORKBENCH_H
 
+#include <stdio.h>
+
 #include "../engine/calib.h"
 #include "../engine/eval.h"
 #include "../engine/model.h"
@@ -133,11 +135,16 @@ void wb_plan_desc(const wb *w, char *buf, size_t cap);
 /* Lua policies offered by the `p` picker (paths copied). */
 int wb_add_policy(wb *w, const char *path);
 
-/* The key table (also the help screen and `qscope tui --help`). */
+/* The key table as the help screen shows it: one row per action, keys that
+ * share a description merged ("j, Down / k, Up"). Built from the bindings
+ * that wb_key dispatches from. Borrowed, static. */
 typedef struct wb_keydef {
-	const char *keys;  /* as shown: "j, Down" */
+	const char *keys;  /* as shown: "j, Down / k, Up" */
 	const char *help;
 } wb_keydef;
 const wb_keydef *wb_keys(int *n);
+/* The same table in Markdown (docs/TUI.md and README.md hold it verbatim);
+ * returns the number of rows. */
+int wb_keys_markdown(FILE *f);
 
 #endif
